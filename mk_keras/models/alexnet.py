@@ -1,0 +1,46 @@
+"""Yosinski et al. (2014)'s 8-layer AlexNet-style CNN: 5 conv + 3 dense (the paper's Fig. 5 contrast).
+
+Caffe reference layout without LRN and without the two-GPU grouping (grouped convolutions are not
+supported by every CPU kernel). Names: `conv1`..`conv5`, `fc6`, `fc7`, `head_dense` (fc8).
+"""
+
+import keras
+
+from mk_keras.models.layers import preprocessing
+from mk_keras.models.registry import register_model
+
+MODEL_CONFIGS = {
+    # (filters, kernel, stride, max-pool after)
+    "alexnet": {"convs": [(96, 11, 4, True), (256, 5, 1, True), (384, 3, 1, False), (384, 3, 1, False), (256, 3, 1, True)], "fc": 4096, "first_padding": "valid"},
+    "alexnet_cifar": {"convs": [(64, 5, 1, True), (192, 5, 1, True), (384, 3, 1, False), (256, 3, 1, False), (256, 3, 1, True)], "fc": 1024, "first_padding": "same"},
+}
+
+
+def AlexNet(convs, fc, first_padding="valid", num_classes=1000, input_shape=(227, 227, 3), dropout=0.5, include_top=True, name="alexnet"):
+    """Generic 5-conv / 3-dense builder."""
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = preprocessing(inputs, input_shape[-1])
+    for i, (filters, kernel, stride, pool) in enumerate(convs, start=1):
+        padding = first_padding if i == 1 else "same"
+        x = keras.layers.Conv2D(filters, kernel, strides=stride, padding=padding, activation="relu", name=f"conv{i}")(x)
+        if pool:
+            x = keras.layers.MaxPooling2D(3, strides=2, padding="same" if first_padding == "same" else "valid", name=f"pool{i}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    for i in (6, 7):
+        x = keras.layers.Dense(fc, activation="relu", name=f"fc{i}")(x)
+        x = keras.layers.Dropout(dropout, name=f"drop{i}")(x)
+    if include_top:
+        x = keras.layers.Dense(num_classes, name="head_dense")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def _variant(config_name, default_shape):
+    def build(num_classes=1000, input_shape=None, name=None, **overrides):
+        kwargs = {**MODEL_CONFIGS[config_name], "input_shape": tuple(input_shape or default_shape), **overrides}
+        return AlexNet(num_classes=num_classes, name=name, **kwargs)
+
+    return build
+
+
+register_model("alexnet", "alexnet", "Yosinski 2014 AlexNet-style CNN, 227 px")(_variant("alexnet", (227, 227, 3)))
+register_model("alexnet_cifar", "alexnet", "AlexNet-style CNN for 32 px inputs")(_variant("alexnet_cifar", (32, 32, 3)))

@@ -1,0 +1,95 @@
+"""Custom layers shared by the builders: layer scale, stochastic depth, GRN.
+
+All are backend-agnostic Keras 3 layers, registered for `.keras` serialisation.
+"""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="mk_keras")
+class LayerScale(keras.layers.Layer):
+    """Per-channel learnable scale `gamma * x` (ConvNeXt V1), gamma starts at `init_value`."""
+
+    def __init__(self, init_value=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.init_value = init_value
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(
+            name="gamma",
+            shape=(input_shape[-1],),
+            initializer=keras.initializers.Constant(self.init_value),
+        )
+
+    def call(self, x):
+        return x * ops.cast(self.gamma, x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "init_value": self.init_value}
+
+
+@keras.saving.register_keras_serializable(package="mk_keras")
+class StochasticDepth(keras.layers.Layer):
+    """Drops the residual branch per sample with probability `rate` during training.
+
+    Called on the residual branch only; the survivors are scaled by 1 / (1 - rate).
+    """
+
+    def __init__(self, rate=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"StochasticDepth rate={rate!r} must be in [0, 1).")
+        self.rate = rate
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=None):
+        if not training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        mask = ops.floor(keep + keras.random.uniform(shape, seed=self.seed_generator, dtype=x.dtype))
+        return x / keep * mask
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="mk_keras")
+class GlobalResponseNormalization(keras.layers.Layer):
+    """ConvNeXt V2 GRN: x + gamma * (x * N(x)) + beta, N = L2 over space / its channel mean."""
+
+    def __init__(self, epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="zeros")
+        self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
+
+    def call(self, x):
+        gx = ops.sqrt(ops.sum(ops.square(x), axis=(1, 2), keepdims=True))
+        nx = gx / (ops.mean(gx, axis=-1, keepdims=True) + self.epsilon)
+        gamma = ops.cast(self.gamma, x.dtype)
+        beta = ops.cast(self.beta, x.dtype)
+        return gamma * (x * nx) + beta + x
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def preprocessing(x, channels, name="preprocess"):
+    """Raw pixels in [0, 255] -> normalised inputs, inside the model so exports take raw images.
+
+    3 channels use the ImageNet mean/std; other channel counts use mean 0.5, std 0.25 (of [0, 1]).
+    """
+    x = keras.layers.Rescaling(1.0 / 255.0, name=f"{name}_rescale")(x)
+    if channels == 3:
+        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    else:
+        mean, std = [0.5] * channels, [0.25] * channels
+    return keras.layers.Normalization(
+        mean=mean, variance=[s * s for s in std], name=f"{name}_normalize"
+    )(x)

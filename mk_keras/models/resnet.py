@@ -1,0 +1,108 @@
+"""ResNet-18/34 (basic blocks) and 50/101/152 (bottlenecks, stride on the 3x3) with BatchNorm.
+
+Flat functional graphs with deterministic names: `stem_conv`, `stage{s}_block{b}_conv{1,2,3}`,
+`..._bn{1,2,3}`, `..._shortcut_conv`, `head_dense`. `*_cifar` variants use a 3x3/1 stem and no
+max-pool for 28-64 px inputs (Yosinski-style regular-CNN contrast at CPU scale).
+"""
+
+import keras
+
+from mk_keras.models.layers import preprocessing
+from mk_keras.models.registry import register_model
+
+MODEL_CONFIGS = {
+    "resnet18": {"block": "basic", "depths": [2, 2, 2, 2]},
+    "resnet34": {"block": "basic", "depths": [3, 4, 6, 3]},
+    "resnet50": {"block": "bottleneck", "depths": [3, 4, 6, 3]},
+    "resnet101": {"block": "bottleneck", "depths": [3, 4, 23, 3]},
+    "resnet152": {"block": "bottleneck", "depths": [3, 8, 36, 3]},
+}
+# CPU-scale config (only as a *_cifar variant): the quickstart's fast regular CNN.
+CPU_CONFIGS = {"resnet10": {"block": "basic", "depths": [1, 1, 1, 1], "widths": [24, 48, 96, 192]}}
+_BN = {"momentum": 0.9, "epsilon": 1e-5}
+
+
+def _conv_bn(x, filters, kernel, strides, name, suffix, relu=True):
+    x = keras.layers.Conv2D(
+        filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv{suffix}"
+    )(x)
+    x = keras.layers.BatchNormalization(**_BN, name=f"{name}_bn{suffix}")(x)
+    return keras.layers.ReLU(name=f"{name}_relu{suffix}")(x) if relu else x
+
+
+def _shortcut(x, filters, strides, name):
+    if strides == 1 and x.shape[-1] == filters:
+        return x
+    x = keras.layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{name}_shortcut_conv")(x)
+    return keras.layers.BatchNormalization(**_BN, name=f"{name}_shortcut_bn")(x)
+
+
+def basic_block(x, filters, strides, name):
+    """3x3 -> 3x3 residual block (expansion 1)."""
+    shortcut = _shortcut(x, filters, strides, name)
+    x = _conv_bn(x, filters, 3, strides, name, 1)
+    x = _conv_bn(x, filters, 3, 1, name, 2, relu=False)
+    x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
+    return keras.layers.ReLU(name=f"{name}_out")(x)
+
+
+def bottleneck_block(x, filters, strides, name):
+    """1x1 -> 3x3 (strided) -> 1x1 (4x) residual block."""
+    shortcut = _shortcut(x, 4 * filters, strides, name)
+    x = _conv_bn(x, filters, 1, 1, name, 1)
+    x = _conv_bn(x, filters, 3, strides, name, 2)
+    x = _conv_bn(x, 4 * filters, 1, 1, name, 3, relu=False)
+    x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
+    return keras.layers.ReLU(name=f"{name}_out")(x)
+
+
+def ResNet(
+    depths,
+    block="basic",
+    widths=(64, 128, 256, 512),
+    num_classes=1000,
+    input_shape=(224, 224, 3),
+    small_inputs=False,
+    include_top=True,
+    name="resnet",
+):
+    """Generic ResNet (v1.5) builder."""
+    if block not in ("basic", "bottleneck"):
+        raise ValueError(f"block={block!r}; allowed: 'basic', 'bottleneck'")
+    block_fn = basic_block if block == "basic" else bottleneck_block
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = preprocessing(inputs, input_shape[-1])
+    if small_inputs:
+        x = _conv_bn(x, widths[0], 3, 1, "stem", "")
+    else:
+        x = _conv_bn(x, widths[0], 7, 2, "stem", "")
+        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    for s, (depth, width) in enumerate(zip(depths, widths), start=1):
+        for b in range(1, depth + 1):
+            strides = 2 if (b == 1 and s > 1) else 1
+            x = block_fn(x, width, strides, f"stage{s}_block{b}")
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if include_top:
+        x = keras.layers.Dense(num_classes, name="head_dense")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def _variant(config, cifar):
+    def build(num_classes=1000, input_shape=None, name=None, **overrides):
+        kwargs = {
+            **config,
+            "small_inputs": cifar,
+            "input_shape": tuple(input_shape or ((32, 32, 3) if cifar else (224, 224, 3))),
+            **overrides,
+        }
+        return ResNet(num_classes=num_classes, name=name, **kwargs)
+
+    return build
+
+
+for _name, _config in MODEL_CONFIGS.items():
+    register_model(_name, "resnet", f"{_name}, 224 px")(_variant(_config, cifar=False))
+    register_model(f"{_name}_cifar", "resnet", f"{_name}, 3x3 stem, 32 px")(_variant(_config, cifar=True))
+register_model("resnet10_cifar", "resnet", "ResNet-10 at quarter width, 3x3 stem, 32 px")(
+    _variant(CPU_CONFIGS["resnet10"], cifar=True)
+)
