@@ -1,0 +1,1 @@
+"""Thin absl binaries: parse flags, call the library."""
