@@ -1,0 +1,26 @@
+# make quickstart : set up everything (venv, offline data) and run the quickstart sweep (main job)
+# make test       : set up everything and run the tests (TensorFlow backend, then JAX for backend-agnostic parts)
+VENV := .venv
+BIN := $(VENV)/bin
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+
+.PHONY: setup quickstart test test-tf test-jax bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+
+quickstart: setup
+	$(BIN)/mk-sweep --flagfile=flags/quickstart.flags
+
+test: setup test-tf test-jax
+
+test-tf: setup
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q
+
+test-jax: setup
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m backend_agnostic
+
+bench: setup
+	$(BIN)/python benchmarks/input_pipeline.py
