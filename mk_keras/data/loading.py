@@ -1,0 +1,191 @@
+"""`load(spec, ...)`: a dataset spec + class selection -> an unbatched labelled tf.data.Dataset with metadata."""
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from mk_keras.data import sources
+from mk_keras.data.splits import resolve_classes
+
+_EMBEDDED = ("fashion_mnist", "animal_mnist", "digits")
+
+
+def list_datasets():
+    """Accepted dataset specs: embedded names and the `tfds:` / `folder:` prefixes."""
+    return [*_EMBEDDED, "tfds:NAME[/CONFIG]", "folder:PATH"]
+
+
+@dataclasses.dataclass
+class DatasetInfo:
+    """Metadata of a loaded dataset; class names and counts are after class selection and subsampling."""
+
+    spec: str
+    split: str
+    class_names: list
+    num_classes: int
+    num_examples: int
+    image_shape: tuple
+    provenance: str
+    class_mapping: dict
+    classes_spec: object = None
+    max_per_class: Optional[int] = None
+    skipped_files: tuple = ()
+
+    def __str__(self):
+        names = ", ".join(self.class_names[:6]) + (", ..." if self.num_classes > 6 else "")
+        shape = "x".join("?" if d is None else str(d) for d in self.image_shape)
+        sel = "" if self.classes_spec is None else f" classes={self.classes_spec!r}"
+        cap = "" if self.max_per_class is None else f" max_per_class={self.max_per_class}"
+        return (
+            f"{self.spec}[{self.split}]{sel}{cap}: {self.num_classes} classes ({names}), "
+            f"{self.num_examples} examples, images {shape} uint8; {self.provenance}"
+        )
+
+
+@dataclasses.dataclass
+class LoadedDataset:
+    """`dataset` yields (image uint8 [H,W,C], label int64 in 0..num_classes-1), unbatched."""
+
+    dataset: tf.data.Dataset
+    info: DatasetInfo
+
+    def __repr__(self):
+        return f"LoadedDataset({self.info})"
+
+    __str__ = __repr__
+
+
+def _source(spec, split, data_dir, manual_dir, download):
+    if spec == "fashion_mnist":
+        return sources.fashion_mnist(split, data_dir=data_dir, download=download)
+    if spec == "animal_mnist":
+        return sources.animal_mnist(split)
+    if spec == "digits":
+        return sources.digits(split)
+    if spec.startswith("tfds:") and len(spec) > 5:
+        return sources.tfds_source(spec[5:], split, data_dir=data_dir, manual_dir=manual_dir, download=download)
+    if spec.startswith("folder:") and len(spec) > 7:
+        return sources.folder(spec[7:], split)
+    raise ValueError(f"unknown dataset spec {spec!r}; available: {list_datasets()}.")
+
+
+def _check_cap(max_per_class, counts, indices, class_names, where):
+    if max_per_class is None:
+        return
+    if isinstance(max_per_class, bool) or not isinstance(max_per_class, (int, np.integer)) or max_per_class < 1:
+        raise ValueError(f"max_per_class={max_per_class!r} must be a positive integer or None.")
+    smallest = min(indices, key=lambda i: counts[i])
+    if max_per_class > counts[smallest]:
+        raise ValueError(
+            f"max_per_class={max_per_class} is larger than the {counts[smallest]} examples of class "
+            f"{class_names[smallest]!r} in {where}; use at most {counts[smallest]}."
+        )
+
+
+def _in_memory(src, indices, mapping, max_per_class, seed):
+    rng = np.random.default_rng(seed)
+    keep = []
+    for i in indices:
+        members = np.flatnonzero(src.labels == i)
+        if max_per_class is not None:
+            members = rng.choice(members, max_per_class, replace=False)
+        keep.append(members)
+    keep = np.sort(np.concatenate(keep))
+    remap = np.full(len(src.class_names), -1, np.int64)
+    remap[list(mapping)] = list(mapping.values())
+    ds = tf.data.Dataset.from_tensor_slices((src.items[keep], remap[src.labels[keep]]))
+    if src.decode is not None:
+        ds = ds.map(lambda p, y: (src.decode(p), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds, len(keep)
+
+
+def _cap_per_class(ds, num_classes, max_per_class):
+    """Keep the first `max_per_class` examples of each (new) label in stream order."""
+
+    def step(counts, example):
+        x, y = example
+        counts = tf.tensor_scatter_nd_add(counts, [[y]], tf.ones([1], tf.int64))
+        return counts, (x, y, counts[y])
+
+    ds = ds.scan(tf.zeros([num_classes], tf.int64), step)
+    return ds.filter(lambda x, y, n: n <= max_per_class).map(lambda x, y, n: (x, y))
+
+
+def _streamed(src, mapping, max_per_class, counts):
+    """Filter and re-index a streamed source; `counts` (per original class) is None only for 'everything'."""
+    if counts is None:
+        return src.dataset, src.num_examples
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(list(mapping), tf.int64), tf.constant(list(mapping.values()), tf.int64)
+        ),
+        default_value=-1,
+    )
+    ds = src.dataset.map(lambda x, y: (x, table.lookup(tf.cast(y, tf.int64))), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.filter(lambda x, y: y >= 0)
+    if max_per_class is None:
+        return ds, int(sum(counts[i] for i in mapping))
+    ds = _cap_per_class(ds, len(mapping), max_per_class)
+    return ds, int(sum(min(counts[i], max_per_class) for i in mapping))
+
+
+def load(
+    spec,
+    split="train",
+    classes=None,
+    max_per_class=None,
+    seed=0,
+    data_dir=None,
+    manual_dir=None,
+    download=True,
+):
+    """Load a labelled image dataset, optionally restricted to a class split.
+
+    Args:
+      spec: "fashion_mnist", "animal_mnist", "digits", "tfds:NAME[/CONFIG]" or "folder:PATH"
+        (`list_datasets()`).
+      split: "train" or "test"; TFDS also takes its own split names ("validation", "train[:10%]", ...) and
+        maps "test" to "validation" where the test split is missing or unlabelled (imagenet2012).
+      classes: a class selection for `resolve_classes` (named split, index/name list, ...); labels are
+        re-indexed 0..k-1 in sorted order of the original index.
+      max_per_class: keep at most this many examples per selected class: a seeded random subset for
+        in-memory sources, the first ones in file order for TFDS. Larger than a class holds -> ValueError.
+      seed: seed of the `max_per_class` subset.
+      data_dir: TFDS data dir; for fashion_mnist an extra folder searched first for the IDX files.
+      manual_dir: TFDS manual download dir (imagenet2012, ...).
+      download: allow TFDS / keras.datasets to download when the data is missing.
+
+    Returns:
+      `LoadedDataset` with `.dataset` ((uint8 [H,W,C], int64) pairs, unbatched) and `.info` (`DatasetInfo`).
+    """
+    if not isinstance(spec, str):
+        raise ValueError(f"dataset spec must be a string, got {spec!r}; available: {list_datasets()}.")
+    src = _source(spec, split, data_dir, manual_dir, download)
+    where = f"{spec}[{split}]"
+    indices, mapping = resolve_classes(classes, src.class_names, where)
+    if src.items is not None:
+        counts = np.bincount(src.labels, minlength=len(src.class_names))
+        _check_cap(max_per_class, counts, indices, src.class_names, where)
+        ds, num_examples = _in_memory(src, indices, mapping, max_per_class, seed)
+    else:
+        counts = None
+        if max_per_class is not None or len(indices) < len(src.class_names) or src.num_examples is None:
+            counts = src.count_labels()
+            _check_cap(max_per_class, counts, indices, src.class_names, where)
+        ds, num_examples = _streamed(src, mapping, max_per_class, counts)
+    info = DatasetInfo(
+        spec=spec,
+        split=split,
+        class_names=[src.class_names[i] for i in indices],
+        num_classes=len(indices),
+        num_examples=num_examples,
+        image_shape=tuple(src.image_shape),
+        provenance=src.provenance,
+        class_mapping=mapping,
+        classes_spec=classes,
+        max_per_class=max_per_class,
+        skipped_files=src.skipped_files,
+    )
+    return LoadedDataset(dataset=ds, info=info)

@@ -1,0 +1,173 @@
+"""tf.data input pipeline: resize/pad, channels, cache, shuffle, batch, augment, mix, prefetch.
+
+Normalisation lives in the models (`mk_keras.models.layers.preprocessing`): batches carry raw float32
+pixels in [0, 255]. Order: per-image resize + channel conversion -> uint8 cache -> seeded shuffle -> batch ->
+batch-level augmentation with Keras core layers -> MixUp/CutMix -> prefetch(AUTOTUNE). The pipeline works
+under any Keras backend (Keras preprocessing layers run on TF inside tf.data).
+"""
+
+import keras
+import tensorflow as tf
+
+AUGMENTS = (None, "basic", "randaugment")
+RESIZE_MODES = ("resize", "pad", "crop")
+
+
+def _to_uint8(x):
+    return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
+
+
+def _resize(images, size, mode):
+    """Resize uint8 images ([H,W,C] or [B,H,W,C]) to `size`; returns uint8."""
+    if mode == "pad":
+        return tf.image.resize_with_crop_or_pad(images, *size)
+    if mode == "crop":
+        shape = tf.cast(tf.shape(images)[-3:-1], tf.float32)
+        scale = tf.reduce_max(tf.constant(size, tf.float32) / shape)
+        scaled = tf.cast(tf.math.ceil(shape * scale), tf.int32)
+        images = _to_uint8(tf.image.resize(images, scaled, antialias=True))
+        return tf.image.resize_with_crop_or_pad(images, *size)
+    return _to_uint8(tf.image.resize(images, size, antialias=True))
+
+
+def _prepare(images, size, channels, mode, in_channels):
+    if tuple(images.shape[-3:-1]) != tuple(size):
+        images = _resize(images, size, mode)
+    if in_channels == 1 and channels == 3:
+        images = tf.image.grayscale_to_rgb(images)
+    elif in_channels == 3 and channels == 1:
+        images = _to_uint8(tf.image.rgb_to_grayscale(tf.cast(images, tf.float32)))
+    return images
+
+
+def _augmenter(augment, seed):
+    """'basic': shift up to 1/8 of the side with zero fill (pad-and-random-crop) + horizontal flip;
+    'randaugment': basic + keras.layers.RandAugment (2 ops, factor 0.5; ops drawn per batch)."""
+    if augment is None:
+        return None
+    layers = [
+        keras.layers.RandomTranslation(
+            0.125, 0.125, fill_mode="constant", fill_value=0.0, interpolation="nearest", seed=seed
+        ),
+        keras.layers.RandomFlip("horizontal", seed=seed),
+    ]
+    if augment == "randaugment":
+        layers.append(keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5, seed=seed))
+    return layers
+
+
+def _mixer(mixup, cutmix, seed):
+    """MixUp(alpha=mixup) and/or CutMix(factor=cutmix); with both, each batch uses one at random (p=0.5)."""
+    mix = keras.layers.MixUp(alpha=mixup, seed=seed) if mixup > 0 else None
+    cut = keras.layers.CutMix(factor=cutmix, seed=seed) if cutmix > 0 else None
+    if mix is None and cut is None:
+        return None
+
+    def apply(step, images, labels):
+        def run(layer):
+            out = layer({"images": images, "labels": labels}, training=True)
+            return tf.cast(out["images"], tf.float32), tf.cast(out["labels"], tf.float32)
+
+        if mix is None or cut is None:
+            return run(mix or cut)
+        coin = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64), step]))
+        return tf.cond(coin < 0.5, lambda: run(mix), lambda: run(cut))
+
+    return apply
+
+
+def _validate(loaded, batch_size, image_size, channels, training, augment, mixup, cutmix, one_hot, resize_mode):
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
+    if len(image_size) != 2 or any(not isinstance(s, int) or s < 1 for s in image_size):
+        raise ValueError(f"image_size={image_size!r} must be (height, width) positive integers.")
+    if channels not in (1, 3):
+        raise ValueError(f"channels={channels!r} must be 1 or 3.")
+    if loaded.info.image_shape[-1] not in (1, 3):
+        raise ValueError(f"source images have {loaded.info.image_shape[-1]} channels; supported: 1 or 3.")
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment={augment!r} must be one of {list(AUGMENTS)}.")
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode={resize_mode!r} must be one of {list(RESIZE_MODES)}.")
+    if mixup < 0 or cutmix < 0:
+        raise ValueError(f"mixup={mixup!r} and cutmix={cutmix!r} must be >= 0 (0 disables).")
+    if not training and (augment or mixup or cutmix):
+        raise ValueError(f"augment={augment!r}, mixup={mixup}, cutmix={cutmix} need training=True.")
+    if (mixup or cutmix) and not one_hot:
+        raise ValueError(f"mixup={mixup}/cutmix={cutmix} mix labels, so they need one_hot=True.")
+
+
+def make_pipeline(
+    loaded,
+    batch_size=128,
+    image_size=(32, 32),
+    channels=3,
+    training=False,
+    augment=None,
+    mixup=0.0,
+    cutmix=0.0,
+    shuffle_seed=0,
+    cache=True,
+    deterministic=False,
+    drop_remainder=False,
+    one_hot=True,
+    resize_mode="resize",
+    shuffle_buffer=None,
+):
+    """Batched (images float32 [B,H,W,C] in [0, 255], labels) dataset for `model.fit` / `evaluate`.
+
+    Args:
+      loaded: a `LoadedDataset` from `load()`.
+      image_size, channels: the model's input size; grey sources become RGB for channels=3 and RGB
+        becomes grey for channels=1.
+      training: shuffle (seeded, reshuffled each epoch) and allow augmentation/mixing.
+      augment: None, "basic" or "randaugment" (see `_augmenter`); applied per batch, per-image random draws.
+      mixup, cutmix: MixUp alpha / CutMix factor, 0 disables; both > 0: one of them per batch.
+      shuffle_seed: seeds the shuffle, augmentation and mixing.
+      cache: True caches the resized uint8 images in memory, a string caches to that file, False none.
+      deterministic: same batches in the same order on every run (sequential augmentation).
+      one_hot: labels float32 one-hot [B, k]; otherwise int64 [B].
+      resize_mode: "resize" (bilinear, antialiased), "pad" (centre pad/crop without scaling) or "crop"
+        (scale the shorter side to fit, centre crop).
+      shuffle_buffer: default min(num_examples, 50000).
+    """
+    _validate(loaded, batch_size, image_size, channels, training, augment, mixup, cutmix, one_hot, resize_mode)
+    size, k = tuple(image_size), loaded.info.num_classes
+    in_channels = loaded.info.image_shape[-1]
+    ds = loaded.dataset
+    if None not in loaded.info.image_shape:  # equal-size images: resize in chunks (vectorised)
+        ds = ds.batch(1024).map(
+            lambda x, y: (_prepare(x, size, channels, resize_mode, in_channels), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        ).unbatch()
+    else:
+        ds = ds.map(
+            lambda x, y: (tf.ensure_shape(_prepare(x, size, channels, resize_mode, in_channels), size + (channels,)), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    if cache:
+        ds = ds.cache(cache if isinstance(cache, str) else "")
+    if training:
+        buffer = shuffle_buffer or max(1, min(loaded.info.num_examples, 50_000))
+        ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
+
+    augmenter = _augmenter(augment, shuffle_seed) if training else None
+    mixer = _mixer(mixup, cutmix, shuffle_seed) if training else None
+
+    def finish(step, images, labels):
+        x = tf.cast(images, tf.float32)
+        for layer in augmenter or ():
+            x = tf.cast(layer(x, training=True), tf.float32)
+        y = tf.one_hot(labels, k, dtype=tf.float32) if one_hot else labels
+        if mixer is not None:
+            x, y = mixer(step, x, y)
+        return tf.clip_by_value(x, 0.0, 255.0), y
+
+    ds = ds.enumerate().map(
+        lambda step, xy: finish(step, *xy),
+        num_parallel_calls=None if deterministic else tf.data.AUTOTUNE,
+    )
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
