@@ -1,0 +1,29 @@
+"""Filter analysis: atlases, cross-model similarity, clustering and the 8 master-key filters."""
+
+from mk_keras.analysis.kernels import ANALYSIS_KINDS, layer_filters, normalize_filters
+from mk_keras.analysis.layers import MasterKeyDepthwiseConv2D
+from mk_keras.analysis.master_keys import (
+    MASTER_KEY_NAMES,
+    MASTER_KEY_PARAMS,
+    MasterKeyFit,
+    MasterKeyReport,
+    assign_master_keys,
+    fit_master_keys,
+    master_keys,
+)
+from mk_keras.analysis.sources import load_model
+
+__all__ = [
+    "ANALYSIS_KINDS",
+    "MASTER_KEY_NAMES",
+    "MASTER_KEY_PARAMS",
+    "MasterKeyDepthwiseConv2D",
+    "MasterKeyFit",
+    "MasterKeyReport",
+    "assign_master_keys",
+    "fit_master_keys",
+    "layer_filters",
+    "load_model",
+    "master_keys",
+    "normalize_filters",
+]

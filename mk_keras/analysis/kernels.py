@@ -1,0 +1,61 @@
+"""2-D filters of a model as NumPy arrays, and the centring / normalisation every analysis uses."""
+
+import keras
+import numpy as np
+
+from mk_keras.analysis.layers import MasterKeyDepthwiseConv2D
+from mk_keras.filters import filter_layers
+from mk_keras.transfer import _canonical
+
+ANALYSIS_KINDS = ("depthwise", "conv")
+# A centred filter with a norm below this is treated as constant (it has no shape to compare).
+MIN_NORM = 1e-8
+
+
+def layer_filters(model, kind="depthwise"):
+    """`[(FilterLayer, filters)]` in forward order; `filters` is a float64 array (N, kh, kw).
+
+    depthwise: one filter per output channel (N = C * multiplier; `Conv2D(groups=C)` included); for a
+    `MasterKeyDepthwiseConv2D` the applied filter kernel + shift. conv: every 2-D slice of a regular
+    convolution (N = C_in * C_out, index c_in * C_out + c_out).
+    """
+    if kind not in ANALYSIS_KINDS:
+        raise ValueError(f"kind={kind!r}; allowed for filter analysis: {', '.join(ANALYSIS_KINDS)}")
+    found = filter_layers(model, kind)
+    if not found:
+        raise ValueError(f"model {model.name!r} has no {kind} layers to analyse")
+    out = []
+    for entry in found:
+        kernel = entry.layer.effective_kernel if isinstance(entry.layer, MasterKeyDepthwiseConv2D) else entry.kernel
+        value = _canonical(keras.ops.convert_to_numpy(kernel), entry).astype(np.float64)
+        kh, kw = value.shape[:2]
+        out.append((entry, value.reshape(kh, kw, -1).transpose(2, 0, 1)))
+    return out
+
+
+def normalize_filters(filters):
+    """Centre each filter (subtract its mean) and scale it to unit L2 norm: x̂ = (y - mean y) / |y - mean y|.
+
+    `filters`: (N, kh, kw). Returns `(x̂ as (M, kh*kw), keep)`, `keep` the boolean mask of the M filters
+    that are not constant (centred norm >= MIN_NORM).
+    """
+    flat = np.asarray(filters, dtype=np.float64).reshape(len(filters), -1)
+    centred = flat - flat.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(centred, axis=1)
+    keep = norms >= MIN_NORM
+    return centred[keep] / norms[keep, None], keep
+
+
+def sample_filters(filters, max_filters, seed, *key):
+    """At most `max_filters` of `filters` (N, ...), chosen at random without replacement, in original order.
+
+    The choice depends only on (seed, *key, N), so the same model sampled twice gives the same subset.
+    """
+    if max_filters is not None and (
+        isinstance(max_filters, bool) or not isinstance(max_filters, (int, np.integer)) or max_filters < 1
+    ):
+        raise ValueError(f"max_filters={max_filters!r} must be a positive integer (or None for all)")
+    if max_filters is None or len(filters) <= max_filters:
+        return filters
+    rng = np.random.default_rng([seed, *key, len(filters)])
+    return filters[np.sort(rng.choice(len(filters), max_filters, replace=False))]
