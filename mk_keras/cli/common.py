@@ -1,0 +1,237 @@
+"""Shared helpers for the absl binaries: backend selection, flag parsing with one-line errors, the training
+flags shared by mk-train / mk-transfer / mk-tune, and the flagfile a run directory stores.
+
+Each binary module defines `define_flags(fv)`, a testable `run(**kwargs)` and `main(argv) -> exit status`
+(in-process: parses `argv` into a fresh `flags.FlagValues`, so tests can call it repeatedly), plus
+`main_entry()` for the console script. Exit status: 0 ok, 1 the run failed (NaN loss), 2 bad usage
+(bad flag or value, missing source, finished run without --overwrite): one line on stderr, no traceback.
+"""
+
+import logging
+import os
+import sys
+
+from absl import flags
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+BACKENDS = ("tensorflow", "jax")
+_REEXEC_ENV = "MK_KERAS_BACKEND_REEXEC"
+# Flags that manage the run rather than define it: left out of the stored flagfile.
+_NOT_STORED = ("overwrite",)
+
+
+def requested_backend(argv):
+    """The value of the last --backend flag in `argv` (flagfiles expanded), or None."""
+    args = flags.FlagValues().read_flags_from_files(list(argv[1:]), force_gnu=False)
+    value = None
+    for i, arg in enumerate(args):
+        if arg.startswith("--backend="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--backend" and i + 1 < len(args):
+            value = args[i + 1]
+    return value
+
+
+def select_backend(argv, module):
+    """Make the Keras backend the one `--backend` asks for.
+
+    Keras fixes its backend at import (KERAS_BACKEND), and importing mk_keras imports Keras; when the
+    requested backend differs, re-execute `python -m module argv[1:]` with KERAS_BACKEND set.
+    """
+    backend = requested_backend(argv)
+    if backend is None or backend not in BACKENDS:
+        return  # absent: keep the environment's backend; invalid: flag parsing reports it
+    import keras
+
+    if keras.backend.backend() == backend:
+        return
+    if os.environ.get(_REEXEC_ENV):
+        raise SystemExit(f"{module}: error: could not switch Keras to backend {backend!r}")
+    env = {**os.environ, "KERAS_BACKEND": backend, _REEXEC_ENV: "1"}
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-m", module, *argv[1:]], env)
+
+
+def fail(prog, message, status=EXIT_USAGE):
+    """Print `prog: error: message` (first line only) to stderr and return `status`."""
+    line = str(message).strip().splitlines()[0] if str(message).strip() else type(message).__name__
+    print(f"{prog}: error: {line}", file=sys.stderr)
+    return status
+
+
+def execute(prog, define_flags, main, argv):
+    """Parse `argv` with the flags of `define_flags` and call `main(fv)`; returns the exit status.
+
+    Flag errors and ValueError/FileNotFoundError/FileExistsError become one line on stderr and status 2;
+    `TrainingFailed` becomes status 1.
+    """
+    from mk_keras.training import TrainingFailed
+
+    fv = flags.FlagValues()
+    define_flags(fv)
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(fv.get_help())
+        return EXIT_OK
+    try:
+        rest = fv(list(argv))
+        if len(rest) > 1:
+            raise flags.Error(f"unexpected positional arguments {rest[1:]}")
+    except flags.Error as e:
+        return fail(prog, e)
+    if fv.run_dir and "{" in fv.run_dir:
+        try:
+            fv.run_dir = fv.run_dir.format(**{name: fv[name].value for name in fv})
+        except (KeyError, IndexError, ValueError) as e:
+            return fail(prog, f"--run_dir={fv.run_dir!r}: cannot fill {e} (use {{flag_name}} fields)")
+    if fv["backend"].present:
+        import keras
+
+        if fv.backend != keras.backend.backend():
+            return fail(prog, f"--backend={fv.backend} but Keras runs {keras.backend.backend()!r}; "
+                              f"set KERAS_BACKEND={fv.backend} or use the {prog} console script")
+    try:
+        main(fv)
+    except TrainingFailed as e:
+        return fail(prog, e, EXIT_FAILED)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        return fail(prog, e)
+    return EXIT_OK
+
+
+def setup_logging():
+    """INFO-level, message-only logs on stderr for mk_keras (Keras prints its own progress)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("mk_keras").setLevel(logging.INFO)
+
+
+def flagfile_text(fv, names, prog):
+    """A flagfile (one `--flag=value` per line) of `names` that reproduces a run of `prog`."""
+    lines = [f"# {prog} flags; rerun with: {prog} --flagfile=<this file>"]
+    for name in names:
+        if name in _NOT_STORED or fv[name].value is None:
+            continue
+        lines.append(fv[name].serialize())
+    return "\n".join(lines) + "\n"
+
+
+def optional_int(value):
+    """Flag convention: 0 means 'not set'."""
+    return value or None
+
+
+def report(prog, metrics):
+    """One summary line of a finished run on stdout."""
+    run_dir = metrics["config"]["run_dir"]
+    frozen = metrics["frozen_layers"]
+    transfer = metrics.get("transfer")
+    what = f"; {len(frozen)} frozen layers ({transfer['kind']} n={transfer['n']})" if transfer else ""
+    print(f"{prog}: {metrics['status']} {run_dir}: top1={metrics['top1']:.4f} top5={metrics['top5']:.4f} "
+          f"loss={metrics['loss']:.4f} ({metrics['epochs_completed']} epochs, {metrics['wall_time_s']:.1f} s)"
+          f"{what}")
+
+
+def define_training_flags(fv, model_default="convnext_micro_cifar"):
+    """Flags that map 1:1 onto `mk_keras.training.train` arguments; returns their names."""
+    from mk_keras.training import DISTRIBUTIONS, LR_SCALINGS
+
+    d = flags
+    d.DEFINE_string("model", model_default, "Registered model name (mk_keras.list_models()).",
+                    flag_values=fv)
+    d.DEFINE_string("dataset", "fashion_mnist",
+                    "Dataset spec: fashion_mnist, animal_mnist, digits, tfds:NAME[/CONFIG], folder:PATH.",
+                    flag_values=fv)
+    d.DEFINE_list("classes", None, "Class selection: a named split (fashion_garments, random_half:A:0, ...) "
+                  "or a comma-separated list of class indices or names.", flag_values=fv)
+    d.DEFINE_string("run_dir", None, "Run directory (created; rerunning resumes an unfinished run); "
+                    "{flag} fields are filled in, e.g. runs/x_n{n}_seed{seed}.", flag_values=fv)
+    d.DEFINE_integer("epochs", 10, "Training epochs.", lower_bound=1, flag_values=fv)
+    d.DEFINE_integer("batch_size", 128, "Global batch size (split over replicas).", lower_bound=1,
+                     flag_values=fv)
+    d.DEFINE_float("lr", 8e-4, "Base learning rate for a global batch of 256 (see --lr_scaling).",
+                   lower_bound=0.0, flag_values=fv)
+    d.DEFINE_enum("lr_scaling", "linear", LR_SCALINGS,
+                  "linear: peak lr = lr * batch_size / 256; none: peak lr = lr.", flag_values=fv)
+    d.DEFINE_float("weight_decay", 0.05, "AdamW weight decay (not on norms, biases, frozen weights).",
+                   lower_bound=0.0, flag_values=fv)
+    d.DEFINE_float("warmup_epochs", 1.0, "Linear warm-up length in epochs.", lower_bound=0.0, flag_values=fv)
+    d.DEFINE_float("min_lr_ratio", 0.0, "Final learning rate of the cosine, as a fraction of the peak.",
+                   lower_bound=0.0, upper_bound=1.0, flag_values=fv)
+    d.DEFINE_float("label_smoothing", 0.1, "Label smoothing of the cross-entropy.", lower_bound=0.0,
+                   upper_bound=0.99, flag_values=fv)
+    d.DEFINE_float("drop_path_rate", 0.0, "Stochastic depth rate (ConvNeXt models).", lower_bound=0.0,
+                   upper_bound=0.99, flag_values=fv)
+    d.DEFINE_boolean("ema", False, "Keep an EMA of the weights (AdamW use_ema); evaluate and save the EMA.",
+                     flag_values=fv)
+    d.DEFINE_float("ema_momentum", 0.999, "EMA momentum.", lower_bound=0.0, upper_bound=1.0, flag_values=fv)
+    d.DEFINE_enum("augment", "none", ["none", "basic", "randaugment"], "Training augmentation.",
+                  flag_values=fv)
+    d.DEFINE_float("mixup", 0.0, "MixUp alpha (0: off).", lower_bound=0.0, flag_values=fv)
+    d.DEFINE_float("cutmix", 0.0, "CutMix factor (0: off).", lower_bound=0.0, flag_values=fv)
+    d.DEFINE_integer("image_size", 0, "Input side in pixels (0: the model's native size).", lower_bound=0,
+                     flag_values=fv)
+    d.DEFINE_integer("max_per_class", 0, "Training examples per class (0: all).", lower_bound=0,
+                     flag_values=fv)
+    d.DEFINE_string("eval_split", "test", "Split evaluated each --eval_every epochs and at the end.",
+                    flag_values=fv)
+    d.DEFINE_integer("eval_max_per_class", 0, "Evaluation examples per class (0: all).", lower_bound=0,
+                     flag_values=fv)
+    d.DEFINE_integer("eval_every", 1, "Evaluate every N epochs (0: only at the end).", lower_bound=0,
+                     flag_values=fv)
+    d.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch (0: one pass over the data).",
+                     lower_bound=0, flag_values=fv)
+    d.DEFINE_integer("steps_per_execution", 8, "Train steps per compiled call (lowered to divide an epoch).",
+                     lower_bound=1, flag_values=fv)
+    d.DEFINE_integer("checkpoint_every", 100, "Checkpoint every N steps (and at every epoch end).",
+                     lower_bound=1, flag_values=fv)
+    d.DEFINE_integer("seed", 0, "Seed for initialisation, data order and augmentation.", flag_values=fv)
+    d.DEFINE_boolean("deterministic", False, "TensorFlow op determinism (reproducible, slower on GPU).",
+                     flag_values=fv)
+    d.DEFINE_enum("distribution", "auto", DISTRIBUTIONS, "Distribution strategy (docs/training.md).",
+                  flag_values=fv)
+    d.DEFINE_enum("backend", "tensorflow", BACKENDS, "Keras backend (switched before Keras loads).",
+                  flag_values=fv)
+    d.DEFINE_enum("mixed_precision", "none", ["none", "mixed_bfloat16", "mixed_float16"],
+                  "Mixed-precision policy (GPUs/TPUs).", flag_values=fv)
+    d.DEFINE_enum("jit_compile", "auto", ["auto", "on", "off"],
+                  "XLA: auto = off with TensorFlow on CPU (slower there), on elsewhere.", flag_values=fv)
+    d.DEFINE_string("data_dir", None, "TFDS data dir / extra folder for dataset files.", flag_values=fv)
+    d.DEFINE_string("manual_dir", None, "TFDS manual download dir (imagenet2012).", flag_values=fv)
+    d.DEFINE_boolean("overwrite", False, "Replace a finished run in --run_dir.", flag_values=fv)
+    d.DEFINE_integer("verbose", -1, "Keras verbosity (-1: progress bar on a terminal, else one line per "
+                     "epoch).", lower_bound=-1, upper_bound=2, flag_values=fv)
+    flags.mark_flag_as_required("run_dir", flag_values=fv)
+    return ["model", "dataset", "classes", "run_dir", "epochs", "batch_size", "lr", "lr_scaling",
+            "weight_decay", "warmup_epochs", "min_lr_ratio", "label_smoothing", "drop_path_rate", "ema",
+            "ema_momentum", "augment", "mixup", "cutmix", "image_size", "max_per_class", "eval_split",
+            "eval_max_per_class", "eval_every", "steps_per_epoch", "steps_per_execution", "checkpoint_every",
+            "seed", "deterministic", "distribution", "backend", "mixed_precision", "jit_compile", "data_dir",
+            "manual_dir", "overwrite", "verbose"]
+
+
+def parse_classes(values):
+    """--classes: None, one named split ('fashion_garments', 'random_half:A:0') or a list of indices/names."""
+    if not values:
+        return None
+    if len(values) == 1 and not values[0].isdigit():
+        return values[0]
+    return [int(v) if v.isdigit() else v for v in values]
+
+
+def training_kwargs(fv):
+    """`train(...)` keyword arguments from the flags of `define_training_flags`."""
+    return dict(
+        model=fv.model, dataset=fv.dataset, classes=parse_classes(fv.classes), run_dir=fv.run_dir,
+        epochs=fv.epochs, batch_size=fv.batch_size, lr=fv.lr, lr_scaling=fv.lr_scaling,
+        weight_decay=fv.weight_decay, warmup_epochs=fv.warmup_epochs, min_lr_ratio=fv.min_lr_ratio,
+        label_smoothing=fv.label_smoothing, drop_path_rate=fv.drop_path_rate, ema=fv.ema,
+        ema_momentum=fv.ema_momentum, augment=None if fv.augment == "none" else fv.augment, mixup=fv.mixup,
+        cutmix=fv.cutmix, image_size=optional_int(fv.image_size), max_per_class=optional_int(fv.max_per_class),
+        eval_split=fv.eval_split, eval_max_per_class=optional_int(fv.eval_max_per_class),
+        eval_every=fv.eval_every, steps_per_epoch=optional_int(fv.steps_per_epoch),
+        steps_per_execution=fv.steps_per_execution, checkpoint_every=fv.checkpoint_every, seed=fv.seed,
+        deterministic=fv.deterministic, distribution=fv.distribution,
+        mixed_precision=False if fv.mixed_precision == "none" else fv.mixed_precision,
+        jit_compile={"auto": None, "on": True, "off": False}[fv.jit_compile], data_dir=fv.data_dir,
+        manual_dir=fv.manual_dir, overwrite=fv.overwrite, verbose=None if fv.verbose < 0 else fv.verbose,
+    )

@@ -1,0 +1,95 @@
+"""mk-transfer: build a target model, copy the first (or last) n filter layers of a trained source into it,
+freeze them (or not) and train on the target dataset.
+
+    mk-transfer --flagfile=flags/transfer_small.flags --n=3
+    mk-transfer --source=runs/base_garments --dataset=fashion_mnist --classes=fashion_accessories \
+        --n=3 --kind=depthwise --run_dir=runs/garments3accessories
+
+--source is a trained model (.keras) or a run directory; --model defaults to the source's architecture;
+cross-architecture transfers map kernels with --kernel_map and channels with --channel_map. The run
+directory also holds transfer_report.json.
+"""
+
+import json
+import os
+import sys
+import zipfile
+
+from absl import flags
+
+from mk_keras.cli import common
+
+PROG = "mk-transfer"
+
+
+def define_flags(fv):
+    """Define mk-transfer's flags on `fv`; returns their names."""
+    from mk_keras.filters import FILTER_KINDS
+    from mk_keras.transfer import CHANNEL_MAPS, KERNEL_MAPS, ORDERS
+
+    names = common.define_training_flags(fv, model_default=None)
+    flags.DEFINE_string("source", None, "Trained source: a .keras file or a run directory.", flag_values=fv)
+    flags.DEFINE_integer("n", 0, "Number of filter layers to copy.", lower_bound=0, flag_values=fv)
+    flags.DEFINE_enum("kind", "depthwise", FILTER_KINDS, "Filter kind to transfer.", flag_values=fv)
+    flags.DEFINE_enum("order", "first", ORDERS, "first: layers 1..n (AnB); last: the last n (reversed).",
+                      flag_values=fv)
+    flags.DEFINE_boolean("freeze", True, "Freeze the copied layers (AnB); --nofreeze fine-tunes them (AnB+).",
+                         flag_values=fv)
+    flags.DEFINE_enum("kernel_map", None, KERNEL_MAPS, "Map spatial kernel sizes across architectures.",
+                      flag_values=fv)
+    flags.DEFINE_enum("channel_map", None, CHANNEL_MAPS, "Map channel counts across architectures.",
+                      flag_values=fv)
+    flags.DEFINE_boolean("freeze_following_norm", False, "Also copy and freeze the norm after each frozen layer.",
+                         flag_values=fv)
+    flags.mark_flag_as_required("source", flag_values=fv)
+    return [*names, "source", "n", "kind", "order", "freeze", "kernel_map", "channel_map", "freeze_following_norm"]
+
+
+def source_model_name(source):
+    """The architecture (registered model name) stored in a `.keras` file or a run directory's model.keras."""
+    path = os.path.join(source, "model.keras") if os.path.isdir(source) else source
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"source {source!r} has no model.keras; pass a .keras file or a finished run "
+                                "directory")
+    try:
+        with zipfile.ZipFile(path) as z:
+            return json.loads(z.read("config.json"))["config"]["name"]
+    except (zipfile.BadZipFile, KeyError, ValueError) as e:
+        raise ValueError(f"source {path!r} is not a readable .keras file ({e})") from None
+
+
+def run(**kwargs):
+    """Transfer and train with `mk_keras.training.train(**kwargs)`; `model=None` takes the source's."""
+    from mk_keras.training import train
+
+    if kwargs.get("model") is None:
+        kwargs["model"] = source_model_name(kwargs["source"])
+    return train(**kwargs)
+
+
+def main(argv):
+    """Parse `argv` (argv[0] is the program name), transfer and train; returns the exit status."""
+    names = []
+
+    def define(fv):
+        names.extend(define_flags(fv))
+
+    def call(fv):
+        kwargs = dict(common.training_kwargs(fv), source=fv.source, n=fv.n, kind=fv.kind, order=fv.order,
+                      freeze=fv.freeze, kernel_map=fv.kernel_map, channel_map=fv.channel_map,
+                      freeze_following_norm=fv.freeze_following_norm)
+        if kwargs["model"] is None:
+            kwargs["model"] = fv.model = source_model_name(fv.source)
+        common.report(PROG, run(**kwargs, flags_text=common.flagfile_text(fv, names, PROG)))
+
+    return common.execute(PROG, define, call, argv)
+
+
+def main_entry():
+    common.select_backend(sys.argv, "mk_keras.cli.transfer")
+    common.setup_logging()
+    sys.exit(main(sys.argv))
+
+
+if __name__ == "__main__":
+    main_entry()
