@@ -1,0 +1,379 @@
+"""SavedModel export with provenance metadata, and verification that the frozen filters survived.
+
+An export directory (default `saved_models/<run name>/`) holds:
+
+- a TF SavedModel (`saved_model.pb`, `variables/`) with two signatures, both taking raw images of the
+  model's input size (H, W, C) with pixel values in [0, 255] and returning `{"probabilities": float32
+  [batch, classes]}` (softmax of the logits; normalisation is inside the model):
+  `serving_default` takes `uint8` images, `serve_float32` takes `float32` images;
+- `model.keras`, the Keras archive the SavedModel was made from;
+- `mk_keras_metadata.json`: source, datasets and splits, n/kind/order, frozen layers, the sha256 of every
+  frozen kernel's bytes, class names, mk_keras/Keras/TensorFlow versions.
+
+Export needs the TensorFlow backend. Models trained on JAX export through their `.keras` file (a run
+directory's `model.keras`), loaded under TensorFlow; `mk-export` switches to TensorFlow by itself.
+"""
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import keras
+import numpy as np
+
+METADATA_FILE = "mk_keras_metadata.json"
+KERAS_FILE = "model.keras"
+EXPORT_ROOT = "saved_models"
+SIGNATURES = {"serving_default": "uint8", "serve_float32": "float32"}
+FORMAT = "mk_keras.export/1"
+# The frozen kernels, in metadata order, as a variable collection of the SavedModel.
+_COLLECTION = "mk_frozen_kernels"
+
+
+def _sha256(array):
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _load_keras(path):
+    """`keras.saving.load_model(path)`, with any failure turned into a one-line ValueError."""
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as e:  # a corrupt archive raises zipfile, h5py, JSON or Keras errors alike
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot load {path!r} as a Keras model ({type(e).__name__}: {reason})") from e
+
+
+def _leaf_layers(model):
+    for layer in model.layers:
+        if getattr(layer, "layers", None):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def frozen_kernels(model):
+    """`(layer name, variable)` for every kernel of every frozen (`trainable=False`) layer, in forward order."""
+    return [
+        (layer.name, w)
+        for layer in _leaf_layers(model)
+        if not layer.trainable
+        for w in layer.weights
+        if w.name.endswith("kernel")
+    ]
+
+
+def _frozen_layer_names(model):
+    return [layer.name for layer in _leaf_layers(model) if not layer.trainable and layer.weights]
+
+
+def _kernel_records(model):
+    return [
+        {
+            "layer": layer,
+            "variable": v.path,
+            "shape": list(v.shape),
+            "dtype": keras.backend.standardize_dtype(v.dtype),
+            "sha256": _sha256(keras.ops.convert_to_numpy(v)),
+        }
+        for layer, v in frozen_kernels(model)
+    ]
+
+
+def _run_source(run_dir):
+    """Check a run directory and return `(model.keras path, run info dict)`."""
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"run directory {run_dir!r} does not exist")
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    if not os.path.isfile(metrics_path):
+        raise FileNotFoundError(f"{run_dir!r} is not a run directory: it has no metrics.json")
+    metrics = _read_json(metrics_path)
+    status = metrics.get("status")
+    if status != "finished":
+        raise ValueError(f"run directory {run_dir!r} holds an unfinished run (status {status!r}); export a "
+                         "finished run")
+    keras_path = os.path.join(run_dir, KERAS_FILE)
+    if not os.path.isfile(keras_path):
+        raise FileNotFoundError(f"run directory {run_dir!r} has no {KERAS_FILE}")
+    report_path = os.path.join(run_dir, "transfer_report.json")
+    report = _read_json(report_path) if os.path.isfile(report_path) else None
+    return keras_path, {"metrics": metrics, "report": report}
+
+
+def _transfer_fields(report, metrics):
+    """n, kind, order, freeze and the filter source, from transfer_report.json or metrics["transfer"]."""
+    transfer = report or metrics.get("transfer") or {}
+    config = metrics.get("config", {})
+    fields = {key: transfer.get(key, config.get(key)) for key in ("n", "kind", "order", "freeze")}
+    fields["filter_source"] = transfer.get("source", config.get("source"))
+    return fields
+
+
+def _dataset_fields(info):
+    if not info:
+        return None
+    keys = ("spec", "split", "classes_spec", "num_classes", "num_examples", "max_per_class", "class_mapping")
+    return {key: info.get(key) for key in keys}
+
+
+def _versions():
+    import tensorflow as tf
+
+    import mk_keras
+
+    return {"mk_keras": mk_keras.__version__, "keras": keras.__version__, "tensorflow": tf.__version__,
+            "python": sys.version.split()[0]}
+
+
+def _write_saved_model(model, path, kernels):
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    shape = [None, *model.input_shape[1:]]
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="images")])
+    def serve_float32(images):
+        logits = model(images, training=False)
+        return {"probabilities": tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)}
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.uint8, name="images")])
+    def serve_uint8(images):
+        return serve_float32(tf.cast(images, tf.float32))
+
+    archive.add_endpoint("serving_default", serve_uint8)
+    archive.add_endpoint("serve_float32", serve_float32)
+    archive.add_variable_collection(_COLLECTION, [v for _, v in kernels])
+    archive.write_out(path, verbose=False)
+
+
+def default_export_path(model_or_run_dir):
+    """`saved_models/<run directory name | .keras file stem | model name>`."""
+    if isinstance(model_or_run_dir, keras.Model):
+        name = model_or_run_dir.name
+    else:
+        path = os.path.normpath(os.fspath(model_or_run_dir))
+        name = os.path.splitext(os.path.basename(path))[0] if path.endswith(".keras") else os.path.basename(path)
+    return os.path.join(EXPORT_ROOT, name)
+
+
+def export_saved_model(model_or_run_dir, path=None, overwrite=False, class_names=None, transfer=None):
+    """Export a model as a SavedModel + `model.keras` + `mk_keras_metadata.json` in directory `path`.
+
+    Args:
+      model_or_run_dir: a finished run directory (its `model.keras`, metrics.json, transfer_report.json),
+        a `.keras` file, or a built `keras.Model` (TensorFlow backend).
+      path: the export directory; default `default_export_path(model_or_run_dir)`. An existing one is
+        refused unless `overwrite`; it is replaced only once the new export is complete.
+      class_names, transfer: for a model or `.keras` file, the class names and the `TransferReport` (or its
+        dict) to record; a run directory supplies both itself.
+    Frozen layers are the model's `trainable=False` layers; a model without any still exports, with
+    `"frozen_layers": []` in the metadata. Returns the export directory.
+    Raises FileNotFoundError / FileExistsError / ValueError (bad source, existing path, corrupt `.keras`,
+    unfinished run, non-TensorFlow backend) before anything is written.
+    """
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(f"SavedModel export needs the TensorFlow backend, not {keras.backend.backend()!r}: save the "
+                         "model as .keras and export that file with KERAS_BACKEND=tensorflow (mk-export does so)")
+    path = os.fspath(path) if path is not None else default_export_path(model_or_run_dir)
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"export path {path!r} exists; pass overwrite (--overwrite) to replace it")
+
+    metrics, report, keras_path = {}, None, None
+    if isinstance(model_or_run_dir, keras.Model):
+        model, source = model_or_run_dir, {"type": "model", "path": None}
+    else:
+        src = os.fspath(model_or_run_dir)
+        if src.endswith(".keras") and not os.path.isdir(src):
+            if not os.path.isfile(src):
+                raise FileNotFoundError(f"model file {src!r} does not exist")
+            keras_path, source = src, {"type": "keras_file", "path": os.path.abspath(src)}
+        else:
+            keras_path, info = _run_source(src)
+            metrics, report = info["metrics"], info["report"]
+            source = {"type": "run_dir", "path": os.path.abspath(src), "trained_backend": metrics.get("backend"),
+                      "top1": metrics.get("top1")}
+        model = _load_keras(keras_path)
+    if not isinstance(model, keras.Model) or not model.built:
+        raise ValueError(f"expected a built keras.Model, got {type(model).__name__}")
+    if hasattr(transfer, "to_dict"):
+        transfer = transfer.to_dict()
+    train_info = metrics.get("dataset") or {}
+    kernels = frozen_kernels(model)
+    metadata = {
+        "format": FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": {**source, "model": metrics.get("model") or model.name},
+        "datasets": {"train": _dataset_fields(train_info), "eval": _dataset_fields(metrics.get("eval_dataset"))},
+        **_transfer_fields(report or transfer, metrics),
+        "frozen_layers": _frozen_layer_names(model),
+        "frozen_kernels": _kernel_records(model),
+        "class_names": list(class_names) if class_names is not None else train_info.get("class_names"),
+        "input": {"shape": list(model.input_shape[1:]), "range": [0, 255], "signatures": SIGNATURES},
+        "output": "probabilities (softmax over the model's logits)",
+        "versions": _versions(),
+    }
+    if not metadata["frozen_layers"]:
+        metadata["note"] = "the model has no frozen layers"
+
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
+    try:
+        _write_saved_model(model, tmp, kernels)
+        if keras_path is not None:
+            shutil.copyfile(keras_path, os.path.join(tmp, KERAS_FILE))
+        else:
+            model.save(os.path.join(tmp, KERAS_FILE))
+        metadata["keras_file_sha256"] = _file_sha256(os.path.join(tmp, KERAS_FILE))
+        with open(os.path.join(tmp, METADATA_FILE), "w") as f:
+            json.dump(metadata, f, indent=1, default=str)
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old.", dir=parent)
+            os.rename(path, os.path.join(old, "export"))
+            os.rename(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+# Runs in a fresh interpreter with TensorFlow only: load the SavedModel, answer the batch through every
+# signature, hash the frozen-kernel collection.
+_PROBE = r"""
+import hashlib, json, sys
+import numpy as np
+import tensorflow as tf
+
+path, inputs, out = sys.argv[1:4]
+loaded = tf.saved_model.load(path)
+images = np.load(inputs)
+result = {"outputs": {}, "kernels": []}
+for name, dtype in json.loads(sys.argv[4]).items():
+    fn = loaded.signatures[name]
+    result["outputs"][name] = fn(images=tf.constant(images.astype(dtype)))["probabilities"].numpy().tolist()
+for v in getattr(loaded, "mk_frozen_kernels", []):
+    value = np.ascontiguousarray(v.numpy())
+    result["kernels"].append({"variable": v.name.rsplit(":", 1)[0],
+                              "sha256": hashlib.sha256(value.tobytes()).hexdigest()})
+with open(out, "w") as f:
+    json.dump(result, f)
+"""
+
+
+@dataclasses.dataclass
+class VerifyResult:
+    """Outcome of `verify_saved_model`; `str()` is the printable verdict."""
+
+    path: str
+    max_abs_diff: dict  # signature name -> max |SavedModel - Keras| over the batch
+    atol: float
+    kernels_checked: int
+    kernels_differing: list  # variable paths whose bytes differ anywhere (SavedModel or Keras model)
+    problems: list
+
+    @property
+    def ok(self):
+        return not self.problems
+
+    def __str__(self):
+        diffs = ", ".join(f"{name} {d:.2e}" for name, d in self.max_abs_diff.items()) or "not compared"
+        same = self.kernels_checked - len(self.kernels_differing)
+        lines = [f"verify {self.path}: {'OK' if self.ok else 'FAILED'}",
+                 f"  outputs vs Keras model: max |diff| {diffs} (tolerance {self.atol:g})",
+                 f"  frozen kernels: {same}/{self.kernels_checked} bit-identical"]
+        return "\n".join(lines + [f"  - {p}" for p in self.problems])
+
+
+def _probe(path, images, timeout):
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs, out = os.path.join(tmp, "images.npy"), os.path.join(tmp, "result.json")
+        np.save(inputs, images)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        proc = subprocess.run([sys.executable, "-c", _PROBE, path, inputs, out, json.dumps(SIGNATURES)],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+        if proc.returncode:
+            tail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit status {proc.returncode}"
+            return None, f"tf.saved_model.load in a fresh process failed: {tail}"
+        return _read_json(out), None
+
+
+def verify_saved_model(path, model=None, batch_size=8, atol=1e-5, seed=0, timeout=600):
+    """Check an export directory made by `export_saved_model`.
+
+    Reloads the SavedModel with `tf.saved_model.load` in a fresh process, runs a seeded batch of random
+    uint8 images through every signature and compares the probabilities with the Keras model's (`model`,
+    default the export's `model.keras`; pass `atol` for the float32 tolerance). Checks that every frozen
+    kernel in the SavedModel's variables, and in the Keras model, has the sha256 recorded in the metadata,
+    and that `model.keras` is the archive exported. Returns a `VerifyResult` (`.ok`, printable verdict).
+    """
+    path = os.fspath(path)
+    meta_path = os.path.join(path, METADATA_FILE)
+    if not os.path.isfile(meta_path):
+        raise FileNotFoundError(f"{path!r} is not an mk_keras export: it has no {METADATA_FILE}")
+    metadata = _read_json(meta_path)
+    problems = []
+    keras_path = os.path.join(path, KERAS_FILE)
+    if model is None:
+        if not os.path.isfile(keras_path):
+            raise FileNotFoundError(f"export {path!r} has no {KERAS_FILE}; pass the Keras model to compare with")
+        if _file_sha256(keras_path) != metadata.get("keras_file_sha256"):
+            problems.append(f"{KERAS_FILE} differs from the exported archive (sha256 mismatch)")
+        model = _load_keras(keras_path)
+
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(batch_size, *metadata["input"]["shape"]), dtype=np.uint8)
+    logits = model(images.astype("float32"), training=False)
+    reference = keras.ops.convert_to_numpy(keras.ops.softmax(keras.ops.cast(logits, "float32"), axis=-1))
+
+    recorded = metadata["frozen_kernels"]
+    differing = []
+    current = {r["variable"]: r["sha256"] for r in _kernel_records(model)}
+    for r in recorded:
+        if current.get(r["variable"]) != r["sha256"]:
+            differing.append(r["variable"])
+            problems.append(f"kernel {r['variable']} of the Keras model differs from the metadata")
+
+    result, error = _probe(path, images, timeout)
+    max_abs_diff = {}
+    if error:
+        problems.append(error)
+    else:
+        for name, out in result["outputs"].items():
+            diff = float(np.max(np.abs(np.asarray(out, dtype=np.float32) - reference)))
+            max_abs_diff[name] = diff
+            if not diff <= atol:
+                problems.append(f"signature {name}: max |diff| {diff:.3g} > {atol:g}")
+        saved = result["kernels"]
+        if [s["variable"] for s in saved] != [r["variable"] for r in recorded]:
+            differing.extend(r["variable"] for r in recorded)
+            problems.append(f"the SavedModel's frozen kernels {[s['variable'] for s in saved]} are not the "
+                            f"recorded {[r['variable'] for r in recorded]}")
+        else:
+            for r, s in zip(recorded, saved):
+                if s["sha256"] != r["sha256"]:
+                    differing.append(r["variable"])
+                    problems.append(f"kernel {r['variable']} in the SavedModel differs from the source model "
+                                    f"(sha256 {s['sha256'][:12]} vs {r['sha256'][:12]})")
+    return VerifyResult(path, max_abs_diff, atol, len(recorded), sorted(set(differing)), problems)
