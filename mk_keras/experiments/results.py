@@ -1,0 +1,204 @@
+"""Sweep results: one JSON file per run, relative accuracy, and the merge into tables, figures and a report.
+
+Row columns (`COLUMNS`): experiment, model, kind, treatment, n, seed, source_size (examples per class of A
+for the larger-source experiment; empty: the sweep's max_per_class), dataset (what the run trained on),
+source (run_id of the base the filters came from), top1, top5, relative_accuracy (top1 / top1 of baseB of
+the same model and seed; empty for baseA), trainable_params, frozen_params (weights of the frozen layers),
+epochs (completed), wall_time_s (training, summed over resumptions), status (finished / failed), error,
+run_id.
+"""
+
+import csv
+import json
+import math
+import os
+import uuid
+
+import numpy as np
+
+from mk_keras.experiments import locks
+from mk_keras.experiments.treatments import TREATMENTS
+
+COLUMNS = ("experiment", "model", "kind", "treatment", "n", "seed", "source_size", "dataset", "source", "top1",
+           "top5", "relative_accuracy", "trainable_params", "frozen_params", "epochs", "wall_time_s", "status",
+           "error", "run_id")
+
+
+def run_dir(output_dir, run_id):
+    return os.path.join(output_dir, "runs", run_id)
+
+
+def result_path(output_dir, run_id):
+    return os.path.join(output_dir, "results", f"{run_id}.json")
+
+
+def lock_path(output_dir, run_id):
+    return os.path.join(output_dir, "locks", f"{run_id}.lock")
+
+
+def atomic_write_json(path, obj):
+    """Write JSON to a unique temporary file, then `os.replace` it onto `path`."""
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def read_result(output_dir, run_id):
+    """The stored row of `run_id`, or None."""
+    return _read_json(result_path(output_dir, run_id))
+
+
+def write_result(output_dir, row):
+    atomic_write_json(result_path(output_dir, row["run_id"]), row)
+
+
+def read_metrics(path):
+    """metrics.json of the run directory `path`, or None."""
+    return _read_json(os.path.join(path, "metrics.json"))
+
+
+def dataset_label(spec, classes):
+    if classes is None:
+        return spec
+    return f"{spec}[{','.join(map(str, classes)) if isinstance(classes, (list, tuple)) else classes}]"
+
+
+def make_row(config, run, metrics):
+    """The result row of `run` (a `sweep.Run`) from `train`'s metrics dict (relative accuracy: at merge)."""
+    params = metrics.get("params") or {}
+    return {
+        "experiment": config.name,
+        "model": run.model,
+        "kind": run.kind,
+        "treatment": run.treatment,
+        "n": run.n,
+        "seed": run.seed,
+        "source_size": run.source_size,
+        "dataset": dataset_label(*config.data(TREATMENTS[run.treatment].data)),
+        "source": run.source,
+        "top1": metrics.get("top1"),
+        "top5": metrics.get("top5"),
+        "relative_accuracy": None,
+        "trainable_params": params.get("trainable"),
+        "frozen_params": params.get("frozen"),
+        "epochs": metrics.get("epochs_completed"),
+        "wall_time_s": metrics.get("wall_time_s"),
+        "status": metrics.get("status"),
+        "error": metrics.get("error"),
+        "run_id": run.run_id,
+    }
+
+
+def relative(row, base_row):
+    """top1 of `row` / top1 of `base_row` (baseB), or None when either is missing or not finished."""
+    if row is None or base_row is None or row.get("status") != "finished" or base_row.get("status") != "finished":
+        return None
+    if not base_row.get("top1"):
+        return None
+    return row["top1"] / base_row["top1"]
+
+
+def add_relative_accuracy(rows):
+    """Copies of `rows` with relative_accuracy = top1 / top1 of baseB (same model and seed); None for baseA."""
+    bases = {(r["model"], r["seed"]): r for r in rows if r["treatment"] == "baseB"}
+    return [{**r, "relative_accuracy": None if r["treatment"] == "baseA" else
+             relative(r, bases.get((r["model"], r["seed"])))} for r in rows]
+
+
+def load_definition(output_dir):
+    """The sweep.json of `output_dir` (config, arms, runs)."""
+    definition = _read_json(os.path.join(output_dir, "sweep.json"))
+    if definition is None:
+        raise FileNotFoundError(f"{output_dir!r} holds no sweep.json; run the sweep first (or check the path)")
+    return definition
+
+
+def collect(output_dir, definition):
+    """Result rows of the planned runs that have one, in plan order, with relative accuracy."""
+    rows = [read_result(output_dir, r["run_id"]) for r in definition["runs"]]
+    return add_relative_accuracy([r for r in rows if r is not None])
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def summarize(rows):
+    """Mean and sample std over seeds of top1 and relative_accuracy, per (model, kind, treatment,
+    source_size, n), in order of first appearance; finished runs only."""
+    groups = {}
+    for r in rows:
+        if r["status"] == "finished":
+            groups.setdefault((r["model"], r["kind"], r["treatment"], r["source_size"], r["n"]), []).append(r)
+    out = []
+    for (model, kind, treatment, size, n), members in groups.items():
+        top1, top1_std = _mean_std([m["top1"] for m in members])
+        rel, rel_std = _mean_std([m["relative_accuracy"] for m in members])
+        out.append({"model": model, "kind": kind, "treatment": treatment, "source_size": size, "n": n,
+                    "seeds": len(members), "top1": top1, "top1_std": top1_std, "relative_accuracy": rel,
+                    "relative_accuracy_std": rel_std})
+    return out
+
+
+def _csv_value(value):
+    if value is None:
+        return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def write_tables(output_dir, rows):
+    """results.csv and results.jsonl (one row per run, `COLUMNS`), each written atomically."""
+    csv_path, jsonl_path = os.path.join(output_dir, "results.csv"), os.path.join(output_dir, "results.jsonl")
+    for path, write in ((csv_path, _write_csv), (jsonl_path, _write_jsonl)):
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "w", newline="") as f:
+            write(f, rows)
+        os.replace(tmp, path)
+    return csv_path, jsonl_path
+
+
+def _write_csv(f, rows):
+    writer = csv.DictWriter(f, fieldnames=COLUMNS)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: _csv_value(r.get(k)) for k in COLUMNS})
+
+
+def _write_jsonl(f, rows):
+    for r in rows:
+        f.write(json.dumps({k: r.get(k) for k in COLUMNS}) + "\n")
+
+
+def merge(output_dir, poll_s=1.0, lock_stale_s=900.0):
+    """Build results.csv, results.jsonl, figures/*.png and report.md from the result files of
+    `output_dir` (runs without a result are left out and listed in the report); returns the rows.
+
+    Merges are serialised by a lock, and each reads the result files after taking it, so the last merge
+    of concurrent shards sees every result.
+    """
+    from mk_keras.experiments import plots, report
+
+    with locks.hold(lock_path(output_dir, "merge"), poll_s, lock_stale_s):
+        definition = load_definition(output_dir)
+        rows = collect(output_dir, definition)
+        write_tables(output_dir, rows)
+        summary = summarize(rows)
+        figures = plots.make_figures(rows, summary, definition, os.path.join(output_dir, "figures"))
+        report.write_report(output_dir, definition, rows, summary, figures)
+    return rows

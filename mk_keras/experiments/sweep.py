@@ -1,0 +1,474 @@
+"""Transfer sweeps: an experiment definition -> a plan of runs -> trained runs -> merged results.
+
+    from mk_keras.experiments import SweepConfig, run_sweep
+    config = SweepConfig(name="demo", dataset_a="fashion_mnist", classes_a="fashion_garments",
+                         classes_b="fashion_accessories", models=["convnext_micro_cifar", "resnet10_cifar"],
+                         treatments=["baseA", "baseB", "AnB", "BnB"], depths=["all"], seeds=[0],
+                         train_args={"epochs": 3, "max_per_class": 500})
+    rows = run_sweep(config, "runs/demo")
+
+Output directory: `sweep.json` (the definition and the planned runs), `runs/<run_id>/` (one `train` run
+directory per run), `results/<run_id>.json` (one row per run, written atomically), `locks/`, and the merged
+`results.csv`, `results.jsonl`, `report.md` and `figures/*.png` (see `mk_keras.experiments.results.merge`).
+
+Resuming: rerunning the same sweep skips runs that have a result file; a run killed mid-training resumes
+from its checkpoint (`train` resumes an unfinished run directory). A run whose loss became NaN is recorded
+with status "failed" and is not retried (delete its result file and run directory to retry).
+
+Sharding: run i of the plan (bases included) belongs to shard `i % num_shards`. A transfer run needs its
+source base finished first: if the base has no result yet, the shard trains it itself under the base's lock,
+or waits while another process holds that lock. Every run is trained under its lock file
+(`mk_keras.experiments.locks`), so no run is trained twice at the same time, and a merged sharded sweep
+equals the unsharded one.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from mk_keras.experiments import locks, results
+from mk_keras.experiments.treatments import BASES, TREATMENTS
+from mk_keras.filters import FILTER_KINDS
+from mk_keras.models import create_model, model_family
+from mk_keras.training import TrainingFailed, train
+
+
+KINDS = (*FILTER_KINDS, "auto")
+# Keyword arguments of `train` that the sweep sets per run; they cannot be given in `train_args`.
+PER_RUN_ARGS = ("model", "dataset", "classes", "run_dir", "seed", "source", "n", "kind", "order", "freeze",
+                "kernel_map", "channel_map", "init_hook", "overwrite", "flags_text")
+# `train_args` that do not change what a run computes: may differ when a sweep is resumed.
+_UNCOMPARED_TRAIN_ARGS = ("verbose", "checkpoint_every")
+
+
+@dataclasses.dataclass
+class SweepConfig:
+    """An experiment: what is transferred, between which data, into which models, how often.
+
+    Args:
+      name: experiment name (the "experiment" column).
+      dataset_a, classes_a: dataset spec and class selection of A (`mk_keras.data.load`).
+      dataset_b, classes_b: the same for B; `dataset_b=None` means dataset_a (one dataset split in two).
+      models: registered model names.
+      kinds: filter kind per model ("depthwise", "pointwise", "conv" or "auto": depthwise when the model has
+        depthwise layers, else conv); one entry for all models or one per model. A model may be listed
+        twice with different kinds (its base models are shared).
+      depths: transfer depths n: integers, "all" (1..L) and/or "spread:K" (K depths evenly spaced over
+        1..L, both ends included), L = the model's number of `kind` layers.
+      treatments: names from `TREATMENTS`. Transfer treatments need their source base and baseB.
+      seeds: one base pair and one run per treatment and n for each seed.
+      source_sizes: max_per_class values for A's training data (larger-source experiment): baseA and every
+        run copying from A are repeated per size; empty: A uses `train_args["max_per_class"]`.
+      cross_source: model whose baseA feeds the "cross" treatment (a different architecture).
+      cross_kernel_map, cross_channel_map: `transfer_filters` kernel_map / channel_map for "cross".
+      train_args: keyword arguments of `mk_keras.training.train` shared by every run (epochs, batch_size,
+        lr, max_per_class, steps_per_epoch, ...), except `PER_RUN_ARGS`.
+    """
+
+    name: str = "sweep"
+    dataset_a: str = "fashion_mnist"
+    classes_a: object = None
+    dataset_b: str | None = None
+    classes_b: object = None
+    models: list = dataclasses.field(default_factory=lambda: ["convnext_micro_cifar"])
+    kinds: list = dataclasses.field(default_factory=lambda: ["auto"])
+    depths: list = dataclasses.field(default_factory=lambda: ["all"])
+    treatments: list = dataclasses.field(default_factory=lambda: ["baseA", "baseB", "AnB", "BnB"])
+    seeds: list = dataclasses.field(default_factory=lambda: [0])
+    source_sizes: list = dataclasses.field(default_factory=list)
+    cross_source: str | None = None
+    cross_kernel_map: str | None = "auto"
+    cross_channel_map: str | None = "auto"
+    train_args: dict = dataclasses.field(default_factory=dict)
+
+    def data(self, side):
+        """(dataset spec, classes) of side "A" or "B"."""
+        if side == "A":
+            return self.dataset_a, self.classes_a
+        return self.dataset_b or self.dataset_a, self.classes_b
+
+    def settings(self):
+        """The part of the definition that changes what a run computes (compared on resume)."""
+        out = {k: v for k, v in dataclasses.asdict(self).items()
+               if k in ("dataset_a", "classes_a", "dataset_b", "classes_b", "cross_source", "cross_kernel_map",
+                        "cross_channel_map")}
+        out["dataset_b"] = self.dataset_b or self.dataset_a
+        out["train_args"] = {k: v for k, v in self.train_args.items() if k not in _UNCOMPARED_TRAIN_ARGS}
+        return _jsonable(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One (model, kind) pair with its number of `kind` layers and resolved depths."""
+
+    model: str
+    kind: str
+    layers: int
+    depths: tuple
+    cross_depths: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run. `n` is the depth reported; `train_n` the number of layers `train` copies or
+    freezes (for "reversed", L - n + 1 layers from the end). `source` is the run_id of the base copied from."""
+
+    run_id: str
+    model: str
+    treatment: str
+    seed: int
+    kind: str | None = None
+    n: int | None = None
+    train_n: int | None = None
+    source_size: int | None = None
+    source: str | None = None
+
+
+@dataclasses.dataclass
+class Plan:
+    """A resolved sweep: the config, its arms and every run in execution order."""
+
+    config: SweepConfig
+    arms: list
+    runs: list
+
+    def to_json(self):
+        return _jsonable({"config": dataclasses.asdict(self.config),
+                          "arms": [dataclasses.asdict(a) for a in self.arms],
+                          "runs": [dataclasses.asdict(r) for r in self.runs]})
+
+    @classmethod
+    def from_json(cls, obj):
+        arms = [Arm(**{**a, "depths": tuple(a["depths"]), "cross_depths": tuple(a["cross_depths"])})
+                for a in obj["arms"]]
+        return cls(SweepConfig(**obj["config"]), arms, [Run(**r) for r in obj["runs"]])
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj))
+
+
+@functools.lru_cache(maxsize=None)
+def layer_counts(model):
+    """{kind: number of layers} of a registered model (built once with 2 classes, then discarded)."""
+    import keras
+
+    from mk_keras.filters import count_filter_layers
+
+    counts = count_filter_layers(create_model(model, num_classes=2))
+    keras.backend.clear_session()
+    return counts
+
+
+def _as_list(value, what):
+    if value is None:
+        return []
+    if isinstance(value, (str, int)):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        raise ValueError(f"{what}={value!r} must be a list") from None
+
+
+def resolve_depths(tokens, layers, what):
+    """Sorted depths from `tokens` (ints, "all", "spread:K") for a model with `layers` layers."""
+    out = set()
+    for token in tokens:
+        text = str(token).strip()
+        if text == "all":
+            out.update(range(1, layers + 1))
+        elif text.startswith("spread:") and text[7:].isdigit() and int(text[7:]) >= 1:
+            count = int(text[7:])
+            out.update(int(round(x)) for x in np.linspace(1, layers, min(count, layers)))
+        elif text.lstrip("-").isdigit():
+            n = int(text)
+            if not 1 <= n <= layers:
+                raise ValueError(f"depth n={n} is out of range for {what}: allowed 1..{layers}")
+            out.add(n)
+        else:
+            raise ValueError(f"depth {token!r} is not an integer, 'all' or 'spread:K'")
+    return tuple(sorted(out))
+
+
+def _check_config(config):
+    """Checks of names and lists; the layer-count checks happen in `plan`."""
+    for field in ("models", "kinds", "depths", "treatments", "seeds"):
+        if not _as_list(getattr(config, field), field):
+            raise ValueError(f"{field} is empty; give at least one value")
+    unknown = [t for t in config.treatments if t not in TREATMENTS]
+    if unknown:
+        raise ValueError(f"unknown treatment {unknown[0]!r}; allowed: {', '.join(TREATMENTS)}")
+    bad_kind = [k for k in config.kinds if k not in KINDS]
+    if bad_kind:
+        raise ValueError(f"unknown filter kind {bad_kind[0]!r}; allowed: {', '.join(KINDS)}")
+    if len(config.kinds) not in (1, len(config.models)):
+        raise ValueError(f"kinds has {len(config.kinds)} entries for {len(config.models)} models; give one kind "
+                         "for all models or one per model")
+    for model in [*config.models, *([config.cross_source] if config.cross_source else [])]:
+        model_family(model)  # raises for unknown names, with close matches
+    for seed in config.seeds:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"seed {seed!r} must be an integer")
+    for size in config.source_sizes:
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ValueError(f"source size {size!r} must be a positive integer (examples per class of A)")
+    per_run = sorted(set(config.train_args) & set(PER_RUN_ARGS))
+    if per_run:
+        raise ValueError(f"train_args sets {per_run[0]!r}, which the sweep sets per run; remove it")
+    chosen = set(config.treatments)
+    for name in config.treatments:
+        t = TREATMENTS[name]
+        if t.is_base:
+            continue
+        needed = [BASES[t.source]] if t.source else []
+        if t.data == "B":
+            needed.append("baseB")
+        for base in needed:
+            if base not in chosen:
+                why = "its source" if base == BASES.get(t.source) else "the denominator of relative accuracy"
+                raise ValueError(f"treatment {name!r} needs {base!r} ({why}) in the sweep; add {base} to the "
+                                 "treatments")
+    if "cross" in chosen and not config.cross_source:
+        raise ValueError("treatment 'cross' needs cross_source (--cross_source=MODEL, the source architecture)")
+    if config.cross_source and "cross" not in chosen:
+        raise ValueError(f"cross_source={config.cross_source!r} is set but 'cross' is not among the treatments")
+    if config.cross_source in config.models:
+        raise ValueError(f"cross_source={config.cross_source!r} is also a target model; cross-architecture "
+                         "transfer needs a different source model (use AnB for the same model)")
+    if config.source_sizes and "baseA" not in chosen:
+        raise ValueError("source_sizes set the training size of A, but 'baseA' is not among the treatments")
+
+
+def _auto_kind(model):
+    return "depthwise" if layer_counts(model)["depthwise"] else "conv"
+
+
+def _run_id(model, treatment, seed, kind=None, n=None, size=None):
+    parts = [model, kind, treatment, f"a{size}" if size else None, None if n is None else f"n{n}", f"s{seed}"]
+    return "-".join(p for p in parts if p)
+
+
+def plan(config):
+    """Validate `config` and resolve it into a `Plan` (builds each model once to count its layers).
+
+    Run order: for each seed, its base models, then for each arm, treatment, source size and n its
+    transfer runs. Raises ValueError (one line) for bad definitions.
+    """
+    for field in ("models", "kinds", "depths", "treatments", "seeds", "source_sizes"):
+        setattr(config, field, _as_list(getattr(config, field), field))
+    config.models = list(dict.fromkeys(config.models))
+    _check_config(config)
+    kinds = config.kinds * len(config.models) if len(config.kinds) == 1 else config.kinds
+    arms = []
+    for model, kind in dict.fromkeys(zip(config.models, kinds)):
+        kind = _auto_kind(model) if kind == "auto" else kind
+        layers = layer_counts(model)[kind]
+        if not layers:
+            raise ValueError(f"model {model!r} has no {kind} layers; choose another kind (its layers: "
+                             f"{', '.join(f'{k} {v}' for k, v in layer_counts(model).items())})")
+        depths = resolve_depths(config.depths, layers, f"{model} ({layers} {kind} layers)")
+        cross = ()
+        if "cross" in config.treatments:
+            src = layer_counts(config.cross_source)[kind]
+            shared = min(layers, src)
+            if not shared:
+                raise ValueError(f"cross_source {config.cross_source!r} has no {kind} layers to transfer into "
+                                 f"{model!r}")
+            cross = resolve_depths(config.depths, shared, f"{config.cross_source} -> {model} ({shared} {kind} "
+                                   "layers in both)")
+        arms.append(Arm(model, kind, layers, depths, cross))
+
+    sizes = config.source_sizes or [None]
+    transfers = [TREATMENTS[t] for t in dict.fromkeys(config.treatments) if not TREATMENTS[t].is_base]
+    runs = []
+    for seed in config.seeds:
+        base_models = list(dict.fromkeys(a.model for a in arms))
+        if config.cross_source:
+            base_models.append(config.cross_source)
+        for model in base_models:
+            if "baseA" in config.treatments:
+                runs += [Run(_run_id(model, "baseA", seed, size=s), model, "baseA", seed, source_size=s) for s in sizes]
+            if "baseB" in config.treatments and model in config.models:
+                runs.append(Run(_run_id(model, "baseB", seed), model, "baseB", seed))
+        for arm in arms:
+            for t in transfers:
+                for size in sizes if t.source in ("A", "cross") else [None]:
+                    source_model = config.cross_source if t.source == "cross" else arm.model
+                    source = _run_id(source_model, BASES[t.source], seed, size=size) if t.source else None
+                    for n in arm.cross_depths if t.source == "cross" else arm.depths:
+                        train_n = arm.layers - n + 1 if t.order == "last" else n
+                        runs.append(Run(_run_id(arm.model, t.name, seed, arm.kind, n, size), arm.model, t.name, seed,
+                                        arm.kind, n, train_n, size, source))
+    return Plan(config, arms, runs)
+
+
+def train_kwargs(run, config, output_dir):
+    """The keyword arguments of `train` for `run`."""
+    t = TREATMENTS[run.treatment]
+    dataset, classes = config.data(t.data)
+    kwargs = dict(config.train_args, model=run.model, dataset=dataset, classes=classes, seed=run.seed,
+                  run_dir=results.run_dir(output_dir, run.run_id))
+    if run.source_size:
+        kwargs["max_per_class"] = run.source_size
+    if t.uses_n:
+        kwargs.update(kind=run.kind, n=run.train_n, order=t.order, freeze=t.freeze)
+        if run.source:
+            kwargs["source"] = results.run_dir(output_dir, run.source)
+        if t.source == "cross":
+            kwargs.update(kernel_map=config.cross_kernel_map, channel_map=config.cross_channel_map)
+    return kwargs
+
+
+def describe(run):
+    """'AnB convnext_micro_cifar/depthwise n=3 seed=0' (source size included when set)."""
+    what = run.model + (f"/{run.kind}" if run.kind else "")
+    size = f" A:{run.source_size}/class" if run.source_size else ""
+    depth = f" n={run.n}" if run.n is not None else ""
+    return f"{run.treatment:<13} {what}{depth}{size} seed={run.seed}"
+
+
+def _first_difference(old, new, prefix=""):
+    """(key, old value, new value) of the first differing entry of two nested dicts, or None."""
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = _first_difference(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key}", a, b
+    return None
+
+
+def _write_definition(output_dir, the_plan):
+    """Write sweep.json; refuse when the directory holds a sweep with other settings."""
+    path = os.path.join(output_dir, "sweep.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            old = Plan.from_json(json.load(f)).config.settings()
+        diff = _first_difference(old, the_plan.config.settings())
+        if diff:
+            raise ValueError(f"{output_dir!r} holds a sweep with other settings ({diff[0]}: {diff[1]!r} -> "
+                             f"{diff[2]!r}); use another output directory")
+    results.atomic_write_json(path, the_plan.to_json())
+
+
+class _Runner:
+    def __init__(self, the_plan, output_dir, train_fn, flags_text, log, poll_s, lock_stale_s):
+        self.plan, self.out, self.train_fn = the_plan, output_dir, train_fn
+        self.flags_text, self.log, self.poll_s, self.stale = flags_text, log, poll_s, lock_stale_s
+        self.by_id = {r.run_id: r for r in the_plan.runs}
+
+    def _line(self, label, run, row, note=""):
+        if row["status"] == "finished":
+            rel = self._relative(run, row)
+            what = f"top-1 {row['top1']:.4f}" + (f"  rel {rel:.3f}" if rel is not None else "")
+        else:
+            what = f"{row['status']}: {row.get('error')}"
+        secs = row.get("wall_time_s")
+        self.log(f"[{label}] {describe(run)}  {what}" + (f"  {secs:.0f} s" if secs is not None else "") + note)
+
+    def _relative(self, run, row):
+        if run.treatment == "baseA":
+            return None
+        base = results.read_result(self.out, _run_id(run.model, "baseB", run.seed))
+        return results.relative(row, base)
+
+    def ensure(self, run, label):
+        """The result row of `run`: read, or trained (its source first) under the run's lock."""
+        row = results.read_result(self.out, run.run_id)
+        if row is not None:
+            self._line(label, run, row, "  (done earlier)")
+            return row
+        if run.source:
+            source = self.ensure(self.by_id[run.source], f"source of {run.run_id}")
+            if source["status"] != "finished":
+                row = results.make_row(self.plan.config, run, {"status": "failed",
+                                       "error": f"source run {run.source} {source['status']}"})
+                results.write_result(self.out, row)
+                self._line(label, run, row)
+                return row
+        path = results.lock_path(self.out, run.run_id)
+        waiting = False
+        while True:
+            row = results.read_result(self.out, run.run_id)
+            if row is not None:
+                self._line(label, run, row, "  (trained by another process)")
+                return row
+            lock = locks.Lock(path)
+            if lock.acquire():
+                try:
+                    row = results.read_result(self.out, run.run_id) or self._train(run)
+                finally:
+                    lock.release()
+                self._line(label, run, row)
+                return row
+            if not locks.break_if_stale(path, self.stale):
+                if not waiting:
+                    self.log(f"[{label}] {describe(run)}  waiting: locked by {locks.holder(path)}")
+                    waiting = True
+                time.sleep(self.poll_s)
+
+    def _train(self, run):
+        kwargs = train_kwargs(run, self.plan.config, self.out)
+        prev = results.read_metrics(kwargs["run_dir"])
+        start = time.time()
+        if prev is not None and prev.get("status") == "finished":
+            metrics = prev  # killed after training, before the result file was written
+        else:
+            if prev is not None and prev.get("status") == "failed":
+                kwargs["overwrite"] = True  # crashed earlier without a recorded result: start over
+            text = (self.flags_text or "") + f"# run {run.run_id} of sweep {self.plan.config.name!r}\n"
+            try:
+                metrics = self.train_fn(**kwargs, flags_text=text)
+            except TrainingFailed as e:
+                metrics = {**(results.read_metrics(kwargs["run_dir"]) or {}), "status": "failed", "error": str(e)}
+        metrics.setdefault("wall_time_s", time.time() - start)
+        row = results.make_row(self.plan.config, run, metrics)
+        results.write_result(self.out, row)
+        return row
+
+
+def run_sweep(config, output_dir, *, shard_index=0, num_shards=1, train_fn=None, flags_text=None, log=print,
+              poll_s=5.0, lock_stale_s=900.0):
+    """Plan `config`, train this shard's runs into `output_dir` (skipping finished ones), merge.
+
+    Args:
+      config: a `SweepConfig`.
+      output_dir: the sweep directory (created; shared by all shards).
+      shard_index, num_shards: this process trains runs i with i % num_shards == shard_index, plus any
+        source base they need that nobody has finished or is training.
+      train_fn: `mk_keras.training.train` (default) or a function with its signature.
+      flags_text: stored in every run directory's flags.txt (the binary's flags).
+      log: progress lines (one per run).
+      poll_s, lock_stale_s: how often to look at a run locked by another process, and after how many
+        seconds without a heartbeat its lock counts as abandoned.
+    Returns the merged result rows (`results.merge`); rows of other shards' unfinished runs are missing.
+    """
+    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
+        raise ValueError(f"num_shards={num_shards!r} must be a positive integer")
+    if isinstance(shard_index, bool) or not isinstance(shard_index, int) or not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index={shard_index!r} is out of range; allowed: 0..{num_shards - 1}")
+    the_plan = plan(config)
+    for sub in ("", "runs", "results", "locks"):
+        os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
+    _write_definition(output_dir, the_plan)
+    mine = the_plan.runs[shard_index::num_shards]
+    shard = f" shard {shard_index}/{num_shards}:" if num_shards > 1 else ""
+    log(f"sweep {config.name!r}:{shard} {len(mine)} of {len(the_plan.runs)} runs -> {output_dir}")
+    runner = _Runner(the_plan, output_dir, train_fn or train, flags_text, log, poll_s, lock_stale_s)
+    start = time.time()
+    for i, run in enumerate(mine, 1):
+        runner.ensure(run, f"{i}/{len(mine)}")
+    rows = results.merge(output_dir, poll_s=poll_s, lock_stale_s=lock_stale_s)
+    done = sum(r["status"] == "finished" for r in rows)
+    log(f"sweep {config.name!r}:{shard} {done}/{len(the_plan.runs)} runs finished, {time.time() - start:.0f} s; "
+        f"report: {os.path.join(output_dir, 'report.md')}")
+    sys.stdout.flush()
+    return rows

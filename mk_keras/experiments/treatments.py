@@ -1,0 +1,50 @@
+"""The treatment table of transfer sweeps (Yosinski et al. 2014 notation: AnB = n layers from A, trained on B).
+
+Adding a treatment is one `Treatment(...)` row here; a treatment that needs something `train` does not do
+by itself (e.g. frozen master-key filters through `init_hook`) also needs a line in
+`mk_keras.experiments.sweep.train_kwargs`.
+"""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Treatment:
+    """One row of the treatment table.
+
+    data: the dataset the run trains on ("A" or "B"). source: where copied filters come from: None (no
+    copy), "A" / "B" (the base model of this model and seed), "cross" (base A of `cross_source`).
+    uses_n: whether the run has a transfer depth n. order / freeze: passed to `train`.
+    """
+
+    name: str
+    meaning: str
+    data: str
+    source: str | None = None
+    uses_n: bool = True
+    order: str = "first"
+    freeze: bool = True
+
+    @property
+    def is_base(self):
+        return not self.uses_n
+
+
+TREATMENTS = {t.name: t for t in (
+    Treatment("baseA", "base model trained on A", "A", uses_n=False),
+    Treatment("baseB", "base model trained on B (the denominator of relative accuracy)", "B", uses_n=False),
+    Treatment("AnB", "layers 1..n copied from baseA and frozen; the rest re-initialised and trained on B", "B",
+              "A"),
+    Treatment("BnB", "layers 1..n copied from baseB and frozen; the rest re-initialised and trained on B "
+              "(control)", "B", "B"),
+    Treatment("AnB+", "layers 1..n copied from baseA, all layers trained on B (fine-tuning)", "B", "A",
+              freeze=False),
+    Treatment("BnB+", "layers 1..n copied from baseB, all layers trained on B", "B", "B", freeze=False),
+    Treatment("reversed", "layers n..L copied from baseA and frozen, layers 1..n-1 re-initialised and trained "
+              "on B", "B", "A", order="last"),
+    Treatment("random_frozen", "layers 1..n left at their random initialisation and frozen, the rest trained "
+              "on B (control)", "B"),
+    Treatment("cross", "layers 1..n copied from baseA of --cross_source (another architecture, kernels and "
+              "channels mapped) and frozen; the rest trained on B", "B", "cross"),
+)}
+BASES = {"A": "baseA", "B": "baseB", "cross": "baseA"}
