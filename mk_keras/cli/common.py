@@ -131,8 +131,9 @@ def report(prog, metrics):
           f"{what}")
 
 
-def define_training_flags(fv, model_default="convnext_micro_cifar"):
-    """Flags that map 1:1 onto `mk_keras.training.train` arguments; returns their names."""
+def define_training_flags(fv, model_default="convnext_micro_cifar", exclude=()):
+    """Define the flags that map 1:1 onto `mk_keras.training.train` arguments (and --backend), except
+    `exclude`; returns the names defined."""
     from mk_keras.training import DISTRIBUTIONS, LR_SCALINGS
 
     d = flags
@@ -176,6 +177,8 @@ def define_training_flags(fv, model_default="convnext_micro_cifar"):
                     flag_values=fv)
     d.DEFINE_integer("eval_max_per_class", 0, "Evaluation examples per class (0: all).", lower_bound=0,
                      flag_values=fv)
+    d.DEFINE_float("holdout", 0.0, "Evaluate on this fraction of the training split (every k-th example) "
+                   "instead of --eval_split; for tuning.", lower_bound=0.0, upper_bound=0.5, flag_values=fv)
     d.DEFINE_integer("eval_every", 1, "Evaluate every N epochs (0: only at the end).", lower_bound=0,
                      flag_values=fv)
     d.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch (0: one pass over the data).",
@@ -201,12 +204,15 @@ def define_training_flags(fv, model_default="convnext_micro_cifar"):
     d.DEFINE_integer("verbose", -1, "Keras verbosity (-1: progress bar on a terminal, else one line per "
                      "epoch).", lower_bound=-1, upper_bound=2, flag_values=fv)
     flags.mark_flag_as_required("run_dir", flag_values=fv)
-    return ["model", "dataset", "classes", "run_dir", "epochs", "batch_size", "lr", "lr_scaling",
+    for name in exclude:
+        delattr(fv, name)
+    names = ["model", "dataset", "classes", "run_dir", "epochs", "batch_size", "lr", "lr_scaling",
             "weight_decay", "warmup_epochs", "min_lr_ratio", "label_smoothing", "drop_path_rate", "ema",
             "ema_momentum", "augment", "mixup", "cutmix", "image_size", "max_per_class", "eval_split",
-            "eval_max_per_class", "eval_every", "steps_per_epoch", "steps_per_execution", "checkpoint_every",
+            "eval_max_per_class", "holdout", "eval_every", "steps_per_epoch", "steps_per_execution", "checkpoint_every",
             "seed", "deterministic", "distribution", "backend", "mixed_precision", "jit_compile", "data_dir",
             "manual_dir", "overwrite", "verbose"]
+    return [n for n in names if n not in exclude]
 
 
 def parse_classes(values):
@@ -218,20 +224,16 @@ def parse_classes(values):
     return [int(v) if v.isdigit() else v for v in values]
 
 
-def training_kwargs(fv):
-    """`train(...)` keyword arguments from the flags of `define_training_flags`."""
-    return dict(
-        model=fv.model, dataset=fv.dataset, classes=parse_classes(fv.classes), run_dir=fv.run_dir,
-        epochs=fv.epochs, batch_size=fv.batch_size, lr=fv.lr, lr_scaling=fv.lr_scaling,
-        weight_decay=fv.weight_decay, warmup_epochs=fv.warmup_epochs, min_lr_ratio=fv.min_lr_ratio,
-        label_smoothing=fv.label_smoothing, drop_path_rate=fv.drop_path_rate, ema=fv.ema,
-        ema_momentum=fv.ema_momentum, augment=None if fv.augment == "none" else fv.augment, mixup=fv.mixup,
-        cutmix=fv.cutmix, image_size=optional_int(fv.image_size), max_per_class=optional_int(fv.max_per_class),
-        eval_split=fv.eval_split, eval_max_per_class=optional_int(fv.eval_max_per_class),
-        eval_every=fv.eval_every, steps_per_epoch=optional_int(fv.steps_per_epoch),
-        steps_per_execution=fv.steps_per_execution, checkpoint_every=fv.checkpoint_every, seed=fv.seed,
-        deterministic=fv.deterministic, distribution=fv.distribution,
-        mixed_precision=False if fv.mixed_precision == "none" else fv.mixed_precision,
-        jit_compile={"auto": None, "on": True, "off": False}[fv.jit_compile], data_dir=fv.data_dir,
-        manual_dir=fv.manual_dir, overwrite=fv.overwrite, verbose=None if fv.verbose < 0 else fv.verbose,
-    )
+_CONVERT = {
+    "classes": parse_classes,
+    "augment": lambda v: None if v == "none" else v,
+    "mixed_precision": lambda v: False if v == "none" else v,
+    "jit_compile": {"auto": None, "on": True, "off": False}.get,
+    "verbose": lambda v: None if v < 0 else v,
+    **{name: optional_int for name in ("image_size", "max_per_class", "eval_max_per_class", "steps_per_epoch")},
+}
+
+
+def training_kwargs(fv, names):
+    """`train(...)` keyword arguments from the flags `names` of `define_training_flags` (not --backend)."""
+    return {name: _CONVERT.get(name, lambda v: v)(fv[name].value) for name in names if name != "backend"}

@@ -35,7 +35,7 @@ def main(argv):
         names.extend(define_flags(fv))
 
     def call(fv):
-        common.report(PROG, run(**common.training_kwargs(fv), flags_text=common.flagfile_text(fv, names, PROG)))
+        common.report(PROG, run(**common.training_kwargs(fv, names), flags_text=common.flagfile_text(fv, names, PROG)))
 
     return common.execute(PROG, define, call, argv)
 

@@ -75,11 +75,9 @@ def main(argv):
         names.extend(define_flags(fv))
 
     def call(fv):
-        kwargs = dict(common.training_kwargs(fv), source=fv.source, n=fv.n, kind=fv.kind, order=fv.order,
-                      freeze=fv.freeze, kernel_map=fv.kernel_map, channel_map=fv.channel_map,
-                      freeze_following_norm=fv.freeze_following_norm)
-        if kwargs["model"] is None:
-            kwargs["model"] = fv.model = source_model_name(fv.source)
+        if fv.model is None:
+            fv.model = source_model_name(fv.source)
+        kwargs = common.training_kwargs(fv, names)
         common.report(PROG, run(**kwargs, flags_text=common.flagfile_text(fv, names, PROG)))
 
     return common.execute(PROG, define, call, argv)

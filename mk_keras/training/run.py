@@ -114,6 +114,8 @@ def _validate(cfg):
         raise ValueError(f"label_smoothing={cfg['label_smoothing']!r} must be in [0, 1)")
     if not 0 <= cfg["min_lr_ratio"] <= 1:
         raise ValueError(f"min_lr_ratio={cfg['min_lr_ratio']!r} must be in [0, 1]")
+    if not 0 <= cfg["holdout"] <= 0.5:
+        raise ValueError(f"holdout={cfg['holdout']!r} must be in [0, 0.5] (0: evaluate on eval_split)")
     if not isinstance(cfg["eval_every"], int) or cfg["eval_every"] < 0:
         raise ValueError(f"eval_every={cfg['eval_every']!r} must be 0 (evaluate at the end only) or a positive "
                          "number of epochs")
@@ -153,6 +155,23 @@ def _inspect_run_dir(run_dir, overwrite, cfg):
         raise ValueError(f"run directory {run_dir!r} holds an unfinished run with other settings ({diff}); pass "
                          "overwrite (--overwrite) to start over, or choose another run directory")
     return checkpoint.read_meta(os.path.join(run_dir, CHECKPOINT_DIR))
+
+
+def _split_holdout(loaded, fraction):
+    """(train, held-out) LoadedDatasets: every round(1/fraction)-th example is held out."""
+    import tensorflow as tf
+
+    every = max(2, round(1 / fraction))
+    total = loaded.info.num_examples
+    held = len(range(0, total, every))
+
+    def part(keep_held, split, count):
+        ds = loaded.dataset.enumerate().filter(lambda i, xy: tf.equal(i % every == 0, keep_held))
+        info = dataclasses.replace(loaded.info, split=split, num_examples=count)
+        return dataclasses.replace(loaded, dataset=ds.map(lambda i, xy: xy), info=info)
+
+    return (part(False, f"{loaded.info.split}[rest of 1/{every}]", total - held),
+            part(True, f"{loaded.info.split}[every {every}th]", held))
 
 
 def _info_dict(info):
@@ -308,6 +327,7 @@ def train(
     max_per_class=None,
     eval_split="test",
     eval_max_per_class=None,
+    holdout=0.0,
     eval_every=1,
     steps_per_epoch=None,
     steps_per_execution=8,
@@ -340,6 +360,8 @@ def train(
     (0: only at the end). Pipelines: `mk_keras.data.make_pipeline` with `augment`, `mixup`, `cutmix`,
     `image_size` (default: the model's native size). `steps_per_epoch` defaults to one pass over the
     training data (full batches); a smaller value makes short epochs over the same endless stream.
+    `holdout` > 0 (for tuning) evaluates on every round(1/holdout)-th training example instead, and trains
+    on the others.
 
     Recipe: AdamW, `peak_lr = lr * batch_size / 256` (`lr_scaling="linear"`; "none": `peak_lr = lr`),
     linear warm-up for `warmup_epochs`, cosine decay to `min_lr_ratio * peak_lr`; `weight_decay` except on
@@ -397,7 +419,10 @@ def train(
 
     common = {"classes": classes, "seed": seed, "data_dir": data_dir, "manual_dir": manual_dir}
     train_data = data.load(dataset, split="train", max_per_class=max_per_class, **common)
-    eval_data = data.load(dataset, split=eval_split, max_per_class=eval_max_per_class, **common)
+    if holdout:
+        train_data, eval_data = _split_holdout(train_data, holdout)
+    else:
+        eval_data = data.load(dataset, split=eval_split, max_per_class=eval_max_per_class, **common)
     num_classes = train_data.info.num_classes
     num_examples = train_data.info.num_examples
     if batch_size % dist.num_replicas:
