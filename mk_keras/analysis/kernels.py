@@ -27,10 +27,33 @@ def layer_filters(model, kind="depthwise"):
     out = []
     for entry in found:
         kernel = entry.layer.effective_kernel if isinstance(entry.layer, MasterKeyDepthwiseConv2D) else entry.kernel
-        value = _canonical(keras.ops.convert_to_numpy(kernel), entry).astype(np.float64)
-        kh, kw = value.shape[:2]
-        out.append((entry, value.reshape(kh, kw, -1).transpose(2, 0, 1)))
+        out.append((entry, _as_2d(keras.ops.convert_to_numpy(kernel), entry)))
     return out
+
+
+def random_layer_filters(model, kind="depthwise", seed=0):
+    """Like `layer_filters`, but drawn afresh from each layer's kernel initializer (its random-init filters).
+
+    Layer i uses its initializer with an explicit seed derived from (seed, i); the global Keras seed is untouched.
+    """
+    out = []
+    for entry, _ in layer_filters(model, kind):
+        name = "kernel_initializer" if kind == "conv" or not hasattr(entry.layer, "depthwise_initializer") else (
+            "depthwise_initializer"
+        )
+        config = keras.initializers.serialize(getattr(entry.layer, name))
+        if "seed" in config.get("config", {}):
+            config["config"]["seed"] = int(np.random.default_rng([seed, entry.index]).integers(2**31 - 1))
+        value = keras.initializers.deserialize(config)(entry.kernel_shape, dtype="float32")
+        out.append((entry, _as_2d(keras.ops.convert_to_numpy(value), entry)))
+    return out
+
+
+def _as_2d(value, entry):
+    """A kernel of `entry` as (N, kh, kw) float64 filters."""
+    value = _canonical(value, entry).astype(np.float64)
+    kh, kw = value.shape[:2]
+    return value.reshape(kh, kw, -1).transpose(2, 0, 1)
 
 
 def normalize_filters(filters):

@@ -3,10 +3,9 @@
 import csv
 import dataclasses
 
-import keras
 import numpy as np
 
-from mk_keras.analysis.kernels import layer_filters, normalize_filters, sample_filters
+from mk_keras.analysis.kernels import layer_filters, normalize_filters, random_layer_filters, sample_filters
 from mk_keras.analysis.plotting import new_figure
 
 
@@ -38,15 +37,14 @@ class LayerSimilarity:
 def compare_models(model_a, model_b, kind="depthwise", max_filters=1024, seed=0):
     """Per-layer `filter_similarity` of `model_a` to `model_b`, layers paired by index in forward order.
 
-    The baseline is the same measure from `model_a` to a random initialisation of `model_b`'s architecture
-    (`keras.models.clone_model` after `keras.utils.set_random_seed(seed)`). At most `max_filters` filters
+    The baseline is the same measure from `model_a` to a random initialisation of `model_b`'s filters
+    (`random_layer_filters(model_b, kind, seed)`: each layer's own initializer). At most `max_filters` filters
     per layer and model are used, sampled with `seed` (the same subset each time a model is sampled), so a
     model compared with itself scores 1. Paired layers must have the same kernel size.
     """
     filters_a = layer_filters(model_a, kind)
     filters_b = layer_filters(model_b, kind)
-    keras.utils.set_random_seed(seed)
-    filters_r = layer_filters(keras.models.clone_model(model_b), kind)
+    filters_r = random_layer_filters(model_b, kind, seed)
     rows = []
     for i, ((la, fa), (lb, fb), (_, fr)) in enumerate(zip(filters_a, filters_b, filters_r)):
         if fa.shape[1:] != fb.shape[1:]:
