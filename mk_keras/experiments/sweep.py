@@ -255,14 +255,15 @@ def _run_id(model, treatment, seed, kind=None, n=None, size=None):
 
 
 def plan(config):
-    """Validate `config` and resolve it into a `Plan` (builds each model once to count its layers).
+    """Validate `config` and resolve it into a `Plan` (builds each model once to count its layers); the
+    plan holds a normalised copy of `config`.
 
     Run order: for each seed, its base models, then for each arm, treatment, source size and n its
     transfer runs. Raises ValueError (one line) for bad definitions.
     """
-    for field in ("models", "kinds", "depths", "treatments", "seeds", "source_sizes"):
-        setattr(config, field, _as_list(getattr(config, field), field))
-    config.models = list(dict.fromkeys(config.models))
+    lists = {f: _as_list(getattr(config, f), f) for f in ("models", "kinds", "depths", "treatments", "seeds",
+                                                          "source_sizes")}
+    config = dataclasses.replace(config, **lists, train_args=dict(config.train_args or {}))
     _check_config(config)
     kinds = config.kinds * len(config.models) if len(config.kinds) == 1 else config.kinds
     arms = []
@@ -461,14 +462,14 @@ def run_sweep(config, output_dir, *, shard_index=0, num_shards=1, train_fn=None,
     _write_definition(output_dir, the_plan)
     mine = the_plan.runs[shard_index::num_shards]
     shard = f" shard {shard_index}/{num_shards}:" if num_shards > 1 else ""
-    log(f"sweep {config.name!r}:{shard} {len(mine)} of {len(the_plan.runs)} runs -> {output_dir}")
+    log(f"sweep {the_plan.config.name!r}:{shard} {len(mine)} of {len(the_plan.runs)} runs -> {output_dir}")
     runner = _Runner(the_plan, output_dir, train_fn or train, flags_text, log, poll_s, lock_stale_s)
     start = time.time()
     for i, run in enumerate(mine, 1):
         runner.ensure(run, f"{i}/{len(mine)}")
     rows = results.merge(output_dir, poll_s=poll_s, lock_stale_s=lock_stale_s)
     done = sum(r["status"] == "finished" for r in rows)
-    log(f"sweep {config.name!r}:{shard} {done}/{len(the_plan.runs)} runs finished, {time.time() - start:.0f} s; "
+    log(f"sweep {the_plan.config.name!r}:{shard} {done}/{len(the_plan.runs)} runs finished, {time.time() - start:.0f} s; "
         f"report: {os.path.join(output_dir, 'report.md')}")
     sys.stdout.flush()
     return rows

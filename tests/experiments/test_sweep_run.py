@@ -1,0 +1,138 @@
+"""Sweep execution with a stand-in for `train`: outputs, resume after a kill, shards, locks, failures."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from sweep_helpers import FakeTrain, Killed
+
+from mk_keras.experiments import SweepConfig, merge, run_sweep
+from mk_keras.experiments import locks
+
+CONFIG = dict(name="t", classes_a="fashion_garments", classes_b="fashion_accessories",
+              models=["convnext_micro_cifar", "resnet10_cifar"], depths=["1", "3", "5"], seeds=[0, 1],
+              treatments=["baseA", "baseB", "AnB", "BnB", "reversed"], train_args={"epochs": 1})
+PLANNED = 2 * (4 + 2 * 3 * 3)
+
+
+def _sweep(out, fake, **kwargs):
+    return run_sweep(SweepConfig(**CONFIG), str(out), train_fn=fake, log=lambda line: None, poll_s=0.05, **kwargs)
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def test_sweep_writes_rows_tables_report_and_figures(tmp_path):
+    fake = FakeTrain()
+    rows = _sweep(tmp_path, fake)
+    assert len(rows) == len(fake.calls) == PLANNED
+    assert all(r["status"] == "finished" for r in rows)
+    for name in ("results.csv", "results.jsonl", "report.md", "sweep.json", "figures/relative_accuracy.png",
+                 "figures/reversed.png", "figures/retention.png"):
+        assert os.path.getsize(tmp_path / name) > 0, name
+    assert len(_read(tmp_path / "results.csv").splitlines()) == PLANNED + 1
+    report = _read(tmp_path / "report.md")
+    assert "![Relative accuracy vs n](figures/relative_accuracy.png)" in report
+    assert f"{PLANNED} of {PLANNED} planned runs have results" in report
+    rows_by_id = {r["run_id"]: r for r in rows}
+    anb = rows_by_id["resnet10_cifar-conv-AnB-n3-s1"]
+    assert anb["relative_accuracy"] == pytest.approx(anb["top1"] / rows_by_id["resnet10_cifar-baseB-s1"]["top1"])
+    assert (anb["frozen_params"], anb["trainable_params"], anb["epochs"]) == (30, 70, 1)
+    assert anb["dataset"] == "fashion_mnist[fashion_accessories]" and anb["source"] == "resnet10_cifar-baseA-s1"
+    # a second invocation trains nothing and rewrites the same tables
+    again = FakeTrain()
+    assert _sweep(tmp_path, again) == rows and again.calls == []
+
+
+def test_resume_after_kill_has_no_lost_or_duplicated_row(tmp_path):
+    reference = _sweep(tmp_path / "ref", FakeTrain())
+    killed = FakeTrain(kill_at=7)
+    with pytest.raises(Killed):
+        _sweep(tmp_path / "k", killed)
+    done_before = set(killed.run_names()[:6])
+    interrupted = killed.run_names()[6]
+    resumed = FakeTrain()
+    rows = _sweep(tmp_path / "k", resumed)
+    assert not done_before & set(resumed.run_names())  # finished runs are skipped
+    assert resumed.run_names()[0] == interrupted  # the interrupted run is trained again first
+    assert len(resumed.calls) == PLANNED - 6
+    assert rows == reference
+    assert _read(tmp_path / "k" / "results.csv") == _read(tmp_path / "ref" / "results.csv")
+    assert not os.listdir(tmp_path / "k" / "locks")
+
+
+def test_sharded_sweep_merges_to_the_unsharded_one(tmp_path):
+    _sweep(tmp_path / "one", FakeTrain())
+    fakes = [FakeTrain() for _ in range(3)]
+    for i in (2, 0, 1):  # shards in any order; each trains the bases it needs that are missing
+        _sweep(tmp_path / "sharded", fakes[i], shard_index=i, num_shards=3)
+    trained = [n for f in fakes for n in f.run_names()]
+    assert sorted(trained) == sorted(set(trained)) and len(trained) == PLANNED
+    merge(str(tmp_path / "sharded"))
+    for name in ("results.csv", "results.jsonl"):
+        assert _read(tmp_path / "sharded" / name) == _read(tmp_path / "one" / name)
+
+
+def test_concurrent_shards_train_each_run_once(tmp_path):
+    fakes = [FakeTrain(sleep_s=0.02) for _ in range(2)]
+    threads = [threading.Thread(target=_sweep, args=(tmp_path, f), kwargs=dict(shard_index=i, num_shards=2))
+               for i, f in enumerate(fakes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    trained = [n for f in fakes for n in f.run_names()]
+    assert len(trained) == len(set(trained)) == PLANNED
+    assert len(_read(tmp_path / "results.csv").splitlines()) == PLANNED + 1
+
+
+def test_failed_base_fails_its_dependents_and_the_sweep_goes_on(tmp_path):
+    fake = FakeTrain(fail={"resnet10_cifar-baseA-s0"})
+    rows = {r["run_id"]: r for r in _sweep(tmp_path, fake)}
+    assert len(rows) == PLANNED
+    assert rows["resnet10_cifar-baseA-s0"]["status"] == "failed"
+    assert "NaN" in rows["resnet10_cifar-baseA-s0"]["error"]
+    dependent = rows["resnet10_cifar-conv-AnB-n5-s0"]
+    assert dependent["status"] == "failed" and "source run resnet10_cifar-baseA-s0 failed" in dependent["error"]
+    assert rows["resnet10_cifar-conv-BnB-n5-s0"]["status"] == "finished"
+    assert "Failed:** resnet10_cifar-baseA-s0" in _read(tmp_path / "report.md")
+    rerun = FakeTrain()
+    _sweep(tmp_path, rerun)
+    assert rerun.calls == []  # a recorded failure is a result: not retried
+
+
+def test_other_settings_in_the_same_directory_are_refused(tmp_path):
+    _sweep(tmp_path, FakeTrain())
+    changed = SweepConfig(**{**CONFIG, "train_args": {"epochs": 2}})
+    with pytest.raises(ValueError, match=r"other settings \(train_args.epochs: 1 -> 2\)"):
+        run_sweep(changed, str(tmp_path), train_fn=FakeTrain(), log=lambda line: None)
+    more = SweepConfig(**{**CONFIG, "seeds": [0, 1, 2]})  # extending the sweep is allowed
+    fake = FakeTrain()
+    run_sweep(more, str(tmp_path), train_fn=fake, log=lambda line: None)
+    assert len(fake.calls) == PLANNED // 2
+
+
+def test_stale_locks_are_broken_live_ones_kept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path = str(tmp_path / "a.lock")
+    with open(path, "w") as f:
+        f.write(f"{locks.HOST} {int(dead.stdout)} x")
+    assert locks.break_if_stale(path, stale_after_s=1e9) and not os.path.exists(path)
+    with open(path, "w") as f:
+        f.write("other-machine 1 x")
+    assert not locks.break_if_stale(path, stale_after_s=60)
+    old = time.time() - 120
+    os.utime(path, (old, old))
+    assert locks.break_if_stale(path, stale_after_s=60) and not os.path.exists(path)
+    live = locks.Lock(path, heartbeat_s=0.05)
+    assert live.acquire() and not locks.Lock(path).acquire()
+    os.utime(path, (old, old))
+    time.sleep(0.2)  # the heartbeat refreshes it
+    assert not locks.break_if_stale(path, stale_after_s=60)
+    live.release()
+    assert not os.path.exists(path)
