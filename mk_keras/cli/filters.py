@@ -6,14 +6,16 @@ Usage:
   mk-filters cluster MODEL [MODEL ...] --out_dir=DIR [--k=8] [--method=autoencoder] [--max_distance=0.5]
 
 MODEL: a run directory with model.keras, a .keras file, keras:<Application> (random init) or a registry name
-(random init). Existing outputs are kept unless --overwrite. Errors: one line on stderr, exit status 2.
+(random init). Outputs go to --out_dir; existing ones are kept unless --overwrite. --flagfile works; --backend
+switches Keras (the analysis runs on TensorFlow or JAX). Errors: one line on stderr, exit status 2.
 """
 
 import json
 import os
 import sys
 
-from absl import app, flags
+import keras
+from absl import flags
 
 from mk_keras.analysis import ANALYSIS_KINDS, load_model
 from mk_keras.analysis.atlas import atlas_rows, plot_atlas
@@ -28,6 +30,9 @@ from mk_keras.analysis.clusters import (
     write_proportions_csv,
 )
 from mk_keras.analysis.similarity import compare_models, plot_similarity, write_similarity_csv
+from mk_keras.cli import common
+
+PROG = "mk-filters"
 
 COMMANDS = ("atlas", "compare", "cluster")
 OUTPUTS = {
@@ -42,9 +47,10 @@ OUTPUTS = {
 }
 
 
-def define_flags(flag_values=flags.FLAGS):
-    """Define the mk-filters flags on `flag_values`."""
+def define_flags(flag_values):
+    """Define the mk-filters flags on the `flags.FlagValues` `flag_values`."""
     fv = {"flag_values": flag_values}
+    flags.DEFINE_enum("backend", None, common.BACKENDS, "Keras backend (default: KERAS_BACKEND).", **fv)
     flags.DEFINE_string("out_dir", None, "Folder for the outputs (created if missing).", **fv)
     flags.DEFINE_boolean("overwrite", False, "Replace existing output files.", **fv)
     flags.DEFINE_enum("kind", "depthwise", ANALYSIS_KINDS, "Filters to analyse: depthwise, or 2-D slices of conv.", **fv)
@@ -123,15 +129,26 @@ def run(
     return paths
 
 
-def main(argv, flag_values=flags.FLAGS):
-    """absl entry point: argv = [program, command, model, ...]; returns the exit status."""
-    fv = flag_values
+def main(argv):
+    """Parse `argv` ([program, command, model, ...] plus flags) into fresh flags and run; returns the exit status."""
+    fv = flags.FlagValues()
+    define_flags(fv)
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(__doc__ + "\n" + fv.get_help())
+        return common.EXIT_OK
     try:
-        if len(argv) < 2:
-            raise ValueError(f"missing command; usage: mk-filters {{{'|'.join(COMMANDS)}}} MODEL [MODEL ...] --out_dir=DIR")
+        rest = fv(list(argv))
+    except flags.Error as e:
+        return common.fail(PROG, e)
+    try:
+        if fv.backend and fv.backend != keras.backend.backend():
+            raise ValueError(f"--backend={fv.backend} but Keras runs {keras.backend.backend()!r}; set "
+                             f"KERAS_BACKEND={fv.backend} or use the {PROG} console script")
+        if len(rest) < 2:
+            raise ValueError(f"missing command; usage: {PROG} {{{'|'.join(COMMANDS)}}} MODEL [MODEL ...] --out_dir=DIR")
         run(
-            argv[1],
-            argv[2:],
+            rest[1],
+            rest[2:],
             fv.out_dir,
             kind=fv.kind,
             seed=fv.seed,
@@ -144,12 +161,17 @@ def main(argv, flag_values=flags.FLAGS):
             latent_dim=fv.latent_dim,
             epochs=fv.epochs,
         )
-    except (ValueError, FileNotFoundError) as err:
-        print(f"mk-filters: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    return 0
+    except (ValueError, FileNotFoundError) as e:
+        return common.fail(PROG, " ".join(str(e).split()))
+    return common.EXIT_OK
 
 
 def main_entry():
-    define_flags()
-    app.run(main)
+    """Console script `mk-filters`."""
+    common.select_backend(sys.argv, "mk_keras.cli.filters")
+    common.setup_logging()
+    sys.exit(main(sys.argv))
+
+
+if __name__ == "__main__":
+    main_entry()

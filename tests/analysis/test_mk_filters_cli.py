@@ -1,0 +1,91 @@
+"""mk-filters end to end, in-process (main() parses argv like the console script)."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from analysis_helpers import plant_model, tiny, tiny_conv
+
+from mk_keras.cli.filters import main, run
+
+
+@pytest.fixture
+def planted_file(tmp_path):
+    model = tiny()
+    plant_model(model, [0, 0, 1, 7], noise=0.01)
+    path = tmp_path / "planted.keras"
+    model.save(path)
+    return str(path)
+
+
+def _one_line_error(capsys, rc, pattern):
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("mk-filters: error: ") and pattern in err, err
+
+
+def test_cluster_from_a_flagfile_recovers_planted_types(tmp_path, planted_file):
+    out = tmp_path / "out"
+    flagfile = tmp_path / "cluster.flags"
+    flagfile.write_text(f"--out_dir={out}\n--k=3\n--max_distance=0.3\n")
+    assert main(["mk-filters", "cluster", planted_file, f"--flagfile={flagfile}"]) == 0
+    with open(out / "clusters_depthwise_proportions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["layer_name"] for r in rows] == ["dw1", "dw2", "dw3"]
+    for r in rows:
+        assert r["model"] == "planted" and r["filters"] == "16"
+        assert sorted(float(r[f"type_{j}"]) for j in range(3)) == [0.25, 0.25, 0.5]
+    summary = json.loads((out / "clusters_depthwise_summary.json").read_text())
+    assert summary["filters"] == 48 and summary["share_within"] == 1.0
+    assert [t["nearest_master_key"] for t in summary["types"]] == ["gaussian", "dx", "centre_surround"]
+    assert all(t["master_key_abs_cosine"] > 0.99 for t in summary["types"])
+    for name in ("centroids", "proportions"):
+        assert (out / f"clusters_depthwise_{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_a_model_file_with_itself(tmp_path, planted_file):
+    paths = run("compare", [planted_file, planted_file], str(tmp_path))
+    with open(paths["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    np.testing.assert_allclose([float(r["similarity"]) for r in rows], 1, atol=1e-6)
+    assert all(float(r["baseline"]) < 0.7 for r in rows)
+    assert open(paths["plot"], "rb").read(4) == b"\x89PNG"
+
+
+def test_compare_conv_filters(tmp_path):
+    tiny_conv().save(tmp_path / "conv.keras")
+    paths = run("compare", [str(tmp_path / "conv.keras")] * 2, str(tmp_path), kind="conv")
+    assert paths["csv"].endswith("similarity_conv.csv")
+
+
+def test_atlas_of_a_run_directory_and_a_keras_application(tmp_path, planted_file, capsys):
+    (tmp_path / "run1").mkdir()
+    tiny().save(tmp_path / "run1" / "model.keras")
+    argv = ["mk-filters", "atlas", str(tmp_path / "run1"), "keras:MobileNetV3Small", f"--out_dir={tmp_path}"]
+    assert main(argv + ["--per_row=8"]) == 0
+    assert (tmp_path / "atlas_depthwise.png").read_bytes()[:4] == b"\x89PNG"
+    _one_line_error(capsys, main(argv), "exists; pass --overwrite")
+    assert main(argv + ["--overwrite"]) == 0
+
+
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["cluster", "{planted}", "--k=0"], "k=0 must be a positive integer"),
+        (["cluster", "{conv}"], "has no depthwise layers"),
+        (["atlas", "{bad}"], "cannot read model file"),
+        (["atlas", "{tmp}/missing.keras"], "does not exist"),
+        (["compare", "{planted}"], "compare needs exactly two models"),
+        (["plot", "{planted}"], "unknown command 'plot'"),
+        ([], "missing command"),
+        (["atlas", "{planted}", "--kind=sideways"], "--kind"),
+    ],
+)
+def test_bad_inputs_give_one_line_errors(tmp_path, planted_file, capsys, args, pattern):
+    tiny_conv().save(tmp_path / "conv.keras")
+    (tmp_path / "bad.keras").write_bytes(b"garbage")
+    names = {"planted": planted_file, "conv": tmp_path / "conv.keras", "bad": tmp_path / "bad.keras", "tmp": tmp_path}
+    argv = ["mk-filters", *(a.format(**names) for a in args), f"--out_dir={tmp_path / 'out'}"]
+    _one_line_error(capsys, main(argv), pattern)
