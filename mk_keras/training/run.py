@@ -228,11 +228,23 @@ class _RunMonitor(keras.callbacks.Callback):
         self.epoch_start = time.time()
         self.offset = self.step - epoch * self.steps_per_epoch  # > 0 only in a resumed, partial epoch
         self.prior_epoch_s = self.state["epoch_elapsed_s"] if self.offset else 0.0
-        if self.offset and self.state.get("metric_values") is not None:
-            for v, value in zip(self.model.metrics_variables, self.state.pop("metric_values")):
-                v.assign(value)
+
+    def _add_saved_metric_state(self):
+        """Add the checkpoint's partial-epoch metric sums (all metrics here are sums: totals and counts).
+
+        Done after the first resumed step, when Keras has built the metrics; `v.assign(read + saved)` is
+        exact under tf.distribute too (on-read variables sum on read and split on assign)."""
+        saved = self.state.pop("metric_values")
+        variables = self.model.metrics_variables
+        if [tuple(v.shape) for v in variables] != [a.shape for a in saved]:
+            raise ValueError(f"checkpoint metric state ({len(saved)} variables) does not match the model's "
+                             f"({len(variables)}); pass overwrite to start over")
+        for v, value in zip(variables, saved):
+            v.assign(keras.ops.convert_to_numpy(v.value) + value)
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.offset and self.state.get("metric_values") is not None:
+            self._add_saved_metric_state()
         self.step = self.epoch * self.steps_per_epoch + self.offset + batch + 1
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(_scalar(loss)):

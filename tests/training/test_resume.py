@@ -1,0 +1,121 @@
+"""Fault tolerance: a run killed with SIGKILL mid-epoch resumes from its last checkpoint and ends exactly like
+an uninterrupted run (CPU, deterministic mode); transferred kernels stay frozen; NaN losses fail cleanly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from mk_keras import create_model, filter_layers
+from mk_keras.training import TrainingFailed, train
+
+pytestmark = pytest.mark.slow
+
+KILL_AT_STEP = 14  # epoch 2 of 2 (10 steps each); the last checkpoint before it is step 13
+_KILLED_RUN = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    import keras
+    from mk_keras.training import train
+
+    class KillAt(keras.callbacks.Callback):
+        def __init__(self, step):
+            super().__init__()
+            self.step, self.seen = step, 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.seen += 1
+            if self.seen == self.step:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    train(**json.loads(sys.argv[1]), callbacks=[KillAt(int(sys.argv[2]))])
+    """
+)
+
+
+def _kernels(model, kind="depthwise"):
+    return [keras.ops.convert_to_numpy(f.kernel) for f in filter_layers(model, kind)]
+
+
+@pytest.fixture(scope="module")
+def source_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("source") / "source.keras"
+    create_model("convnext_micro_cifar", 10).save(path)
+    return str(path)
+
+
+def _kwargs(run_dir, source):
+    return dict(model="convnext_micro_cifar", dataset="digits", max_per_class=16, eval_max_per_class=8,
+                batch_size=16, epochs=2, lr=4e-3, warmup_epochs=0.5, augment="basic", steps_per_execution=1,
+                checkpoint_every=3, deterministic=True, seed=3, source=source, n=2, run_dir=str(run_dir),
+                verbose=0)
+
+
+def _strip_times(epochs):
+    return [{k: v for k, v in e.items() if k != "wall_time_s"} for e in epochs]
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, source_path):
+    killed_dir = tmp_path / "killed"
+    kwargs = _kwargs(killed_dir, source_path)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, json.dumps(kwargs), str(KILL_AT_STEP)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    state = json.loads((killed_dir / "metrics.json").read_text())
+    assert state["status"] == "running" and state["epochs_completed"] == 1
+    assert (killed_dir / "checkpoint" / "state.npz").exists() and not (killed_dir / "model.keras").exists()
+
+    resumed = train(**kwargs)
+    assert resumed["status"] == "finished"
+    assert resumed["resumed_at_steps"] == [13]
+    assert not (killed_dir / "checkpoint").exists()
+
+    snapshot = {}
+
+    def remember_initial_kernels(model):
+        snapshot["dw"] = _kernels(model)
+        return {"depthwise_layers": len(snapshot["dw"])}
+
+    straight = train(**_kwargs(tmp_path / "straight", source_path), init_hook=remember_initial_kernels)
+    assert straight["init_hook"] == {"depthwise_layers": 5}
+    assert straight["resumed_at_steps"] == []
+    for key in ("top1", "top5", "loss"):
+        assert resumed[key] == straight[key], key
+    assert _strip_times(resumed["epochs"]) == _strip_times(straight["epochs"])
+    a = keras.saving.load_model(killed_dir / "model.keras")
+    b = keras.saving.load_model(tmp_path / "straight" / "model.keras")
+    for wa, wb in zip(a.weights, b.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(wa), keras.ops.convert_to_numpy(wb), wa.path)
+
+    # Frozen kernels are bit-identical to the source; the trainable ones moved during training.
+    source_dw = _kernels(keras.saving.load_model(source_path))
+    trained_dw = _kernels(b)
+    for i in range(5):
+        if i < 2:
+            np.testing.assert_array_equal(trained_dw[i], source_dw[i])
+            np.testing.assert_array_equal(snapshot["dw"][i], source_dw[i])
+        else:
+            assert not np.array_equal(trained_dw[i], snapshot["dw"][i]), i
+    assert straight["frozen_layers"] == ["stage1_block1_dwconv", "stage2_block1_dwconv"]
+    assert straight["params"]["frozen"] == (7 * 7 * 24 + 24) + (7 * 7 * 48 + 48)
+
+
+def test_nan_loss_fails_the_run(tmp_path):
+    def poison(model):
+        layer = model.get_layer("head_dense")
+        layer.kernel.assign(np.full(layer.kernel.shape, np.nan, "float32"))
+        return {}
+
+    with pytest.raises(TrainingFailed, match="NaN or infinite at step 1"):
+        train(dataset="digits", max_per_class=4, eval_max_per_class=2, batch_size=8, epochs=1,
+              steps_per_execution=1, run_dir=str(tmp_path), init_hook=poison, verbose=0)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "NaN" in metrics["error"]
+    assert not (tmp_path / "model.keras").exists()
