@@ -130,7 +130,8 @@ def _transfer_fields(report, metrics):
 def _dataset_fields(info):
     if not info:
         return None
-    keys = ("spec", "split", "classes_spec", "num_classes", "num_examples", "max_per_class", "class_mapping")
+    keys = ("spec", "split", "classes_spec", "num_classes", "num_examples", "max_per_class", "image_shape",
+            "class_mapping")
     return {key: info.get(key) for key in keys}
 
 
