@@ -135,16 +135,15 @@ def make_pipeline(
     size, k = tuple(image_size), loaded.info.num_classes
     in_channels = loaded.info.image_shape[-1]
     ds = loaded.dataset
+    def prepare(x, y):
+        return _prepare(x, size, channels, resize_mode, in_channels), y
+
     if None not in loaded.info.image_shape:  # equal-size images: resize in chunks (vectorised)
-        ds = ds.batch(1024).map(
-            lambda x, y: (_prepare(x, size, channels, resize_mode, in_channels), y),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        ).unbatch()
+        ds = ds.batch(1024).map(prepare, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
     else:
-        ds = ds.map(
-            lambda x, y: (tf.ensure_shape(_prepare(x, size, channels, resize_mode, in_channels), size + (channels,)), y),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+        ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, y: (tf.ensure_shape(x, size + (channels,)), y))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(loaded.info.num_examples))
     if cache:
         ds = ds.cache(cache if isinstance(cache, str) else "")
     if training:

@@ -285,14 +285,11 @@ def folder(path, split):
 
 
 def _not_prepared(name, builder, manual_dir, reason):
-    manual = ""
+    fix = f"run `tfds build {name} --data_dir=DIR` on a machine with internet, copy DIR here and pass data_dir=DIR"
     if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
         where = manual_dir or os.path.join(builder.data_dir_root, "downloads", "manual")
-        manual = f"; {name} needs its archives placed by hand in manual_dir={where}"
-    return FileNotFoundError(
-        f"TFDS dataset {name!r} is not prepared in {builder.data_dir} ({reason}); run `tfds build {name} "
-        f"--data_dir=DIR` where there is internet and copy DIR here, then pass data_dir=DIR{manual}."
-    )
+        fix = f"place its archives in manual_dir={where} and retry, or copy a prepared DIR here and pass data_dir=DIR"
+    return FileNotFoundError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir} ({reason}); {fix}.")
 
 
 def _label_counts(builder, split, image_key, label_key, num_classes):
@@ -328,7 +325,8 @@ def tfds_source(name, split, data_dir=None, manual_dir=None, download=True):
         try:
             builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
         except Exception as e:  # network, missing manual files, ...: one clear message instead
-            raise _not_prepared(name, builder, manual_dir, f"download failed: {type(e).__name__}") from e
+            reason = f"download failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            raise _not_prepared(name, builder, manual_dir, reason) from e
     info = builder.info
     if not info.supervised_keys or len(info.supervised_keys) != 2:
         raise ValueError(f"TFDS dataset {name!r} has no (image, label) supervised keys.")
