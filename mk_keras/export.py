@@ -229,7 +229,8 @@ def export_saved_model(model_or_run_dir, path=None, overwrite=False, class_names
         "frozen_kernels": _kernel_records(model),
         "class_names": list(class_names) if class_names is not None else train_info.get("class_names"),
         "input": {"shape": list(model.input_shape[1:]), "range": [0, 255], "signatures": SIGNATURES},
-        "output": "probabilities (softmax over the model's logits)",
+        "output": {"key": "probabilities", "classes": int(model.output_shape[-1]),
+                   "meaning": "softmax over the model's logits"},
         "versions": _versions(),
     }
     if not metadata["frozen_layers"]:
@@ -250,7 +251,12 @@ def export_saved_model(model_or_run_dir, path=None, overwrite=False, class_names
         if os.path.exists(path):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old.", dir=parent)
             os.rename(path, os.path.join(old, "export"))
-            os.rename(tmp, path)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                os.rename(os.path.join(old, "export"), path)
+                os.rmdir(old)
+                raise
             shutil.rmtree(old)
         else:
             os.rename(tmp, path)
@@ -343,8 +349,11 @@ def verify_saved_model(path, model=None, batch_size=8, atol=1e-5, seed=0, timeou
             problems.append(f"{KERAS_FILE} differs from the exported archive (sha256 mismatch)")
         model = _load_keras(keras_path)
 
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(batch_size, *metadata["input"]["shape"]), dtype=np.uint8)
+    shape = metadata["input"]["shape"]
+    if None in shape:
+        raise ValueError(f"export {path!r} takes images of unknown size {shape}; verification needs a fixed input "
+                         "size")
+    images = np.random.default_rng(seed).integers(0, 256, size=(batch_size, *shape), dtype=np.uint8)
     logits = model(images.astype("float32"), training=False)
     reference = keras.ops.convert_to_numpy(keras.ops.softmax(keras.ops.cast(logits, "float32"), axis=-1))
 

@@ -12,13 +12,14 @@ JAX-trained runs export through their model.keras. Exit status: 0 ok, 1 verifica
 stderr, nothing written.
 """
 
+import json
 import os
 import sys
 
 from absl import flags
 
 from mk_keras.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, setup_logging
-from mk_keras.export import export_saved_model, verify_saved_model
+from mk_keras.export import KERAS_FILE, METADATA_FILE, export_saved_model, verify_saved_model
 
 PROG = "mk-export"
 _MODULE = "mk_keras.cli.export"
@@ -53,8 +54,13 @@ def run(run_dir=None, model_file=None, output=None, overwrite=False, verify=Fals
         path = output
     else:
         path = export_saved_model(source, output, overwrite=overwrite)
-        print(f"exported {source} -> {path} (SavedModel: serving_default uint8, serve_float32; model.keras; "
-              "mk_keras_metadata.json)")
+        with open(os.path.join(path, METADATA_FILE)) as f:
+            meta = json.load(f)
+        shape = ",".join(str(d) for d in meta["input"]["shape"])
+        print(f"exported {source} -> {path}: SavedModel (serving_default: uint8 [batch,{shape}], serve_float32) "
+              f"-> {meta['output']['classes']} class probabilities; {KERAS_FILE}; "
+              f"{METADATA_FILE} ({len(meta['frozen_layers'])} frozen layers, "
+              f"{len(meta['frozen_kernels'])} kernel hashes)")
     if not verify:
         return EXIT_OK
     result = verify_saved_model(path, batch_size=batch_size, atol=atol)
