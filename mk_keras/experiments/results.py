@@ -194,6 +194,8 @@ def merge(output_dir, poll_s=1.0, lock_stale_s=900.0):
     """
     from mk_keras.experiments import plots, report
 
+    load_definition(output_dir)  # fail early when there is no sweep
+    os.makedirs(os.path.dirname(lock_path(output_dir, "merge")), exist_ok=True)
     with locks.hold(lock_path(output_dir, "merge"), poll_s, lock_stale_s):
         definition = load_definition(output_dir)
         rows = collect(output_dir, definition)

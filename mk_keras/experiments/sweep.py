@@ -381,14 +381,15 @@ class _Runner:
         base = results.read_result(self.out, _run_id(run.model, "baseB", run.seed))
         return results.relative(row, base)
 
-    def ensure(self, run, label):
+    def ensure(self, run, label, quiet_if_done=False):
         """The result row of `run`: read, or trained (its source first) under the run's lock."""
         row = results.read_result(self.out, run.run_id)
         if row is not None:
-            self._line(label, run, row, "  (done earlier)")
+            if not quiet_if_done:
+                self._line(label, run, row, "  (done earlier)")
             return row
         if run.source:
-            source = self.ensure(self.by_id[run.source], f"source of {run.run_id}")
+            source = self.ensure(self.by_id[run.source], f"source of {run.run_id}", quiet_if_done=True)
             if source["status"] != "finished":
                 row = results.make_row(self.plan.config, run, {"status": "failed",
                                        "error": f"source run {run.source} {source['status']}"})

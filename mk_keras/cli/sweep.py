@@ -1,0 +1,176 @@
+"""mk-sweep: transfer sweeps (treatments x models x depths x seeds) with merged tables, figures and a report.
+
+    mk-sweep --flagfile=flags/quickstart.flags                      # the README's main job (CPU, minutes)
+    mk-sweep --flagfile=flags/paper/imagenet_resnet.flags --num_shards=8 --shard_index=$SLURM_ARRAY_TASK_ID
+    mk-sweep --output_dir=runs/quickstart --merge_only              # rebuild results/report from result files
+    mk-sweep --flagfile=flags/quickstart.flags --dry_run            # print the planned runs
+
+Rerunning a command resumes it: finished runs are skipped, an interrupted one resumes from its checkpoint.
+Shards share --output_dir; run i belongs to shard i % num_shards (see docs/sweeps.md). The output directory
+holds flags.txt (this command's flags, shard flags left out), sweep.json, runs/, results/, results.csv,
+results.jsonl, report.md and figures/.
+"""
+
+import functools
+import os
+import sys
+
+from absl import flags
+
+from mk_keras.cli import common
+
+PROG = "mk-sweep"
+# train() flags the sweep sets per run (or, for --seed, lists as --seeds).
+_PER_RUN = ("model", "dataset", "classes", "run_dir", "seed", "overwrite")
+# Flags that say how this process takes part, not what the sweep is: left out of flags.txt.
+_NOT_STORED = ("shard_index", "num_shards", "merge_only", "dry_run")
+
+
+def define_flags(fv):
+    """Define mk-sweep's flags on `fv`; returns (sweep flag names, training flag names)."""
+    from mk_keras.experiments.treatments import TREATMENTS
+    from mk_keras.transfer import CHANNEL_MAPS, KERNEL_MAPS
+
+    d = flags
+    d.DEFINE_string("name", "sweep", "Experiment name (the 'experiment' column).", flag_values=fv)
+    d.DEFINE_string("output_dir", None, "Sweep directory shared by all shards (default: runs/<name>).",
+                    flag_values=fv)
+    d.DEFINE_string("dataset_a", "fashion_mnist", "Dataset spec of A (the source task).", flag_values=fv)
+    d.DEFINE_list("classes_a", None, "Class selection of A: a named split (fashion_garments, "
+                  "imagenet_manmade, random_half:A:0, ...) or class indices/names.", flag_values=fv)
+    d.DEFINE_string("dataset_b", None, "Dataset spec of B (default: --dataset_a, split by --classes_b).",
+                    flag_values=fv)
+    d.DEFINE_list("classes_b", None, "Class selection of B.", flag_values=fv)
+    d.DEFINE_list("models", ["convnext_micro_cifar"], "Registered model names (a model may repeat with "
+                  "another kind).", flag_values=fv)
+    d.DEFINE_list("kinds", ["auto"], "Filter kind per model (depthwise, pointwise, conv, auto = depthwise "
+                  "when the model has depthwise layers, else conv); one for all or one per model.", flag_values=fv)
+    d.DEFINE_list("depths", ["all"], "Transfer depths n: integers, 'all' (1..L) and/or 'spread:K' (K depths "
+                  "evenly spaced over 1..L).", flag_values=fv)
+    d.DEFINE_list("treatments", ["baseA", "baseB", "AnB", "BnB"], f"Treatments: {', '.join(TREATMENTS)}.",
+                  flag_values=fv)
+    d.DEFINE_list("seeds", ["0"], "Seeds; each gets its own base models.", flag_values=fv)
+    d.DEFINE_list("source_sizes", [], "Larger-source experiment: examples per class of A, one baseA (and its "
+                  "transfers) per value.", flag_values=fv)
+    d.DEFINE_string("cross_source", None, "Source architecture of the 'cross' treatment (its baseA).",
+                    flag_values=fv)
+    d.DEFINE_enum("cross_kernel_map", "auto", [*KERNEL_MAPS, "none"], "Kernel size mapping for 'cross'.",
+                  flag_values=fv)
+    d.DEFINE_enum("cross_channel_map", "auto", [*CHANNEL_MAPS, "none"], "Channel mapping for 'cross'.",
+                  flag_values=fv)
+    d.DEFINE_integer("shard_index", 0, "This process's shard (0..num_shards-1), e.g. $SLURM_ARRAY_TASK_ID.",
+                     lower_bound=0, flag_values=fv)
+    d.DEFINE_integer("num_shards", 1, "Number of shards sharing --output_dir.", lower_bound=1, flag_values=fv)
+    d.DEFINE_boolean("merge_only", False, "Only rebuild results.csv/jsonl, figures and report.md from the "
+                     "result files in --output_dir (its sweep.json defines the runs).", flag_values=fv)
+    d.DEFINE_boolean("dry_run", False, "Print the planned runs and their shards; train nothing.", flag_values=fv)
+    d.DEFINE_float("lock_stale_s", 900.0, "A run lock not refreshed for this many seconds (its holder was "
+                   "killed on another machine) is taken over.", lower_bound=1.0, flag_values=fv)
+    names = ["name", "output_dir", "dataset_a", "classes_a", "dataset_b", "classes_b", "models", "kinds", "depths",
+             "treatments", "seeds", "source_sizes", "cross_source", "cross_kernel_map", "cross_channel_map",
+             "shard_index", "num_shards", "merge_only", "dry_run", "lock_stale_s"]
+    return names, common.define_training_flags(fv, exclude=_PER_RUN)
+
+
+def _ints(values, flag):
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise ValueError(f"--{flag}={','.join(values)}: expected integers") from None
+
+
+def config_from_flags(fv, training_names):
+    """A `SweepConfig` from parsed flags."""
+    from mk_keras.experiments import SweepConfig
+
+    train_args = common.training_kwargs(fv, training_names)
+    if train_args.get("verbose") is None:
+        train_args["verbose"] = 1 if sys.stdout.isatty() else 0
+    return SweepConfig(
+        name=fv.name, dataset_a=fv.dataset_a, classes_a=common.parse_classes(fv.classes_a), dataset_b=fv.dataset_b,
+        classes_b=common.parse_classes(fv.classes_b), models=fv.models, kinds=fv.kinds, depths=fv.depths,
+        treatments=fv.treatments, seeds=_ints(fv.seeds, "seeds"), source_sizes=_ints(fv.source_sizes, "source_sizes"),
+        cross_source=fv.cross_source, cross_kernel_map=None if fv.cross_kernel_map == "none" else fv.cross_kernel_map,
+        cross_channel_map=None if fv.cross_channel_map == "none" else fv.cross_channel_map, train_args=train_args,
+    )
+
+
+def run(config, output_dir, shard_index=0, num_shards=1, merge_only=False, dry_run=False, flags_text=None,
+        lock_stale_s=900.0, train_fn=None, log=None):
+    """Plan (dry_run), merge (merge_only) or run one shard of the sweep `config` into `output_dir`;
+    returns the plan (dry_run) or the merged result rows."""
+    from mk_keras.experiments import plan, results, run_sweep
+
+    log = log or functools.partial(print, flush=True)
+    if merge_only:
+        rows = results.merge(output_dir, lock_stale_s=lock_stale_s)
+        definition = results.load_definition(output_dir)
+        done = sum(r["status"] == "finished" for r in rows)
+        log(f"{PROG}: merged {len(rows)} of {len(definition['runs'])} runs ({done} finished) -> "
+            f"{os.path.join(output_dir, 'report.md')}")
+        return rows
+    if dry_run:
+        the_plan = plan(config)
+        for i, r in enumerate(the_plan.runs):
+            log(f"{i:4d} shard {i % num_shards}  {r.run_id}" + (f"  <- {r.source}" if r.source else ""))
+        log(f"{PROG}: {len(the_plan.runs)} runs planned for {config.name!r} (nothing trained)")
+        return the_plan
+    if flags_text is not None:
+        os.makedirs(output_dir, exist_ok=True)
+        path = os.path.join(output_dir, "flags.txt")
+        with open(f"{path}.{os.getpid()}.tmp", "w") as f:
+            f.write(flags_text)
+        os.replace(f"{path}.{os.getpid()}.tmp", path)
+    return run_sweep(config, output_dir, shard_index=shard_index, num_shards=num_shards, train_fn=train_fn,
+                     flags_text=flags_text, log=log, lock_stale_s=lock_stale_s)
+
+
+def main(argv, train_fn=None):
+    """Parse `argv` (argv[0] is the program name) and run; returns the exit status."""
+    names = {}
+
+    def define(fv):
+        names["sweep"], names["training"] = define_flags(fv)
+
+    def call(fv):
+        output_dir = fv.output_dir or os.path.join("runs", fv.name)
+        stored = [n for n in names["sweep"] if n not in _NOT_STORED] + names["training"]
+        config = None if fv.merge_only else config_from_flags(fv, names["training"])
+        run(config, output_dir, fv.shard_index, fv.num_shards, fv.merge_only, fv.dry_run,
+            flags_text=common.flagfile_text(fv, stored, PROG), lock_stale_s=fv.lock_stale_s, train_fn=train_fn)
+
+    return _execute(define, call, argv)
+
+
+def _execute(define, call, argv):
+    """`common.execute` without its --run_dir template step (mk-sweep has no --run_dir); to be unified."""
+    from mk_keras.training import TrainingFailed
+
+    fv = flags.FlagValues()
+    define(fv)
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(fv.get_help())
+        return common.EXIT_OK
+    try:
+        rest = fv(list(argv))
+        if len(rest) > 1:
+            raise flags.Error(f"unexpected positional arguments {rest[1:]}")
+    except flags.Error as e:
+        return common.fail(PROG, e)
+    try:
+        call(fv)
+    except TrainingFailed as e:
+        return common.fail(PROG, e, common.EXIT_FAILED)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        return common.fail(PROG, e)
+    return common.EXIT_OK
+
+
+def main_entry():
+    common.select_backend(sys.argv, "mk_keras.cli.sweep")
+    common.setup_logging()
+    sys.exit(main(sys.argv))
+
+
+if __name__ == "__main__":
+    main_entry()

@@ -1,0 +1,56 @@
+"""mk-sweep in-process: one-line usage errors (exit 2), stored flags, --dry_run, --merge_only."""
+
+import os
+
+import pytest
+from sweep_helpers import FakeTrain
+
+from mk_keras.cli import sweep as cli
+
+BASE = ["mk-sweep", "--classes_a=fashion_garments", "--classes_b=fashion_accessories",
+        "--models=convnext_micro_cifar,resnet10_cifar", "--depths=1,5", "--epochs=1"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--treatments=baseB,AnB"], "mk-sweep: error: treatment 'AnB' needs 'baseA' (its source) in the sweep"),
+    (["--depths=7"], "mk-sweep: error: depth n=7 is out of range for convnext_micro_cifar (5 depthwise layers)"),
+    (["--kinds=dense"], "mk-sweep: error: unknown filter kind 'dense'; allowed: depthwise, pointwise, conv, auto"),
+    (["--seeds=0,x"], "mk-sweep: error: --seeds=0,x: expected integers"),
+    (["--shard_index=2", "--num_shards=2"], "mk-sweep: error: shard_index=2 is out of range; allowed: 0..1"),
+    (["--epochs=0"], "mk-sweep: error: flag --epochs=0"),
+])
+def test_bad_definitions_exit_2_with_one_line(tmp_path, capsys, args, message):
+    fake = FakeTrain()
+    status = cli.main([*BASE, f"--output_dir={tmp_path}", *args], train_fn=fake)
+    err = capsys.readouterr().err
+    assert status == 2 and fake.calls == []
+    assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_run_stores_flags_dry_run_and_merge_only(tmp_path, capsys):
+    out = str(tmp_path / "s")
+    assert cli.main([*BASE, f"--output_dir={out}", "--dry_run", "--num_shards=3"]) == 0
+    printed = capsys.readouterr().out
+    assert "12 runs planned" in printed and "   4 shard 1  convnext_micro_cifar-depthwise-AnB-n1-s0  <- convnext_micro_cifar-baseA-s0" in printed
+    assert not os.path.exists(out)
+
+    fake = FakeTrain()
+    assert cli.main([*BASE, f"--output_dir={out}"], train_fn=fake) == 0
+    printed = capsys.readouterr().out
+    assert "[12/12] BnB           resnet10_cifar/conv n=5 seed=0  top-1" in printed
+    flags_txt = open(os.path.join(out, "flags.txt")).read()
+    assert "--models=convnext_micro_cifar,resnet10_cifar" in flags_txt and "--epochs=1" in flags_txt
+    assert "--shard_index" not in flags_txt and "--num_shards" not in flags_txt and "--dry_run" not in flags_txt
+    assert fake.calls[0]["flags_text"].startswith(flags_txt)  # every run directory stores the flags
+    assert fake.calls[0]["verbose"] == 0  # not a terminal: no Keras progress bars
+
+    os.remove(os.path.join(out, "results.csv"))
+    os.remove(os.path.join(out, "report.md"))
+    assert cli.main(["mk-sweep", f"--output_dir={out}", "--merge_only"]) == 0
+    assert "merged 12 of 12 runs (12 finished)" in capsys.readouterr().out
+    assert os.path.exists(os.path.join(out, "results.csv")) and os.path.exists(os.path.join(out, "report.md"))
+
+
+def test_merge_only_without_a_sweep_is_a_usage_error(tmp_path, capsys):
+    assert cli.main(["mk-sweep", f"--output_dir={tmp_path}", "--merge_only"]) == 2
+    assert "holds no sweep.json" in capsys.readouterr().err
