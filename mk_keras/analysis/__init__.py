@@ -1,6 +1,8 @@
 """Filter analysis: atlases, cross-model similarity, clustering and the 8 master-key filters."""
 
-from mk_keras.analysis.kernels import ANALYSIS_KINDS, layer_filters, normalize_filters
+from mk_keras.analysis.atlas import atlas_rows, plot_atlas
+from mk_keras.analysis.clusters import ClusterResult, cluster_filters, layer_proportions, pool_filters
+from mk_keras.analysis.kernels import ANALYSIS_KINDS, layer_filters, normalize_filters, random_layer_filters
 from mk_keras.analysis.layers import MasterKeyDepthwiseConv2D
 from mk_keras.analysis.master_keys import (
     MASTER_KEY_NAMES,
@@ -11,19 +13,30 @@ from mk_keras.analysis.master_keys import (
     fit_master_keys,
     master_keys,
 )
+from mk_keras.analysis.similarity import LayerSimilarity, compare_models, filter_similarity
 from mk_keras.analysis.sources import load_model
 
 __all__ = [
     "ANALYSIS_KINDS",
     "MASTER_KEY_NAMES",
     "MASTER_KEY_PARAMS",
+    "ClusterResult",
+    "LayerSimilarity",
     "MasterKeyDepthwiseConv2D",
     "MasterKeyFit",
     "MasterKeyReport",
     "assign_master_keys",
+    "atlas_rows",
+    "cluster_filters",
+    "compare_models",
+    "filter_similarity",
     "fit_master_keys",
     "layer_filters",
+    "layer_proportions",
     "load_model",
     "master_keys",
     "normalize_filters",
+    "plot_atlas",
+    "pool_filters",
+    "random_layer_filters",
 ]

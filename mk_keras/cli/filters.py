@@ -53,12 +53,14 @@ def define_flags(flag_values):
     flags.DEFINE_enum("backend", None, common.BACKENDS, "Keras backend (default: KERAS_BACKEND).", **fv)
     flags.DEFINE_string("out_dir", None, "Folder for the outputs (created if missing).", **fv)
     flags.DEFINE_boolean("overwrite", False, "Replace existing output files.", **fv)
-    flags.DEFINE_enum("kind", "depthwise", ANALYSIS_KINDS, "Filters to analyse: depthwise, or 2-D slices of conv.", **fv)
+    flags.DEFINE_enum("kind", "depthwise", ANALYSIS_KINDS, "depthwise filters, or the 2-D slices of conv kernels.",
+                      **fv)
     flags.DEFINE_integer("seed", 0, "Seed for sampling, the random baseline and clustering.", **fv)
     flags.DEFINE_integer("per_row", 16, "atlas: filters shown per layer.", **fv)
     flags.DEFINE_integer("max_filters", 1024, "compare, cluster: at most this many filters per layer (sampled).", **fv)
     flags.DEFINE_integer("k", 8, "cluster: number of filter types.", **fv)
-    flags.DEFINE_enum("method", "kmeans", CLUSTER_METHODS, "cluster: sign-invariant k-means, or autoencoder codes.", **fv)
+    flags.DEFINE_enum("method", "kmeans", CLUSTER_METHODS, "cluster: sign-invariant k-means, or autoencoder codes.",
+                      **fv)
     flags.DEFINE_float("max_distance", 0.5, "cluster: report the share of filters this close to their centroid.", **fv)
     flags.DEFINE_integer("latent_dim", 8, "cluster --method=autoencoder: code size.", **fv)
     flags.DEFINE_integer("epochs", 50, "cluster --method=autoencoder: training epochs.", **fv)
@@ -102,6 +104,7 @@ def run(
     if not 0 <= max_distance <= 2:
         raise ValueError(f"max_distance={max_distance!r} must be in [0, 2] (distance between unit vectors)")
     paths = _output_paths(command, out_dir, kind, overwrite)
+    keras.utils.set_random_seed(seed)  # random-init models (registry and keras: names) are reproducible
     loaded = [load_model(spec) for spec in models]
     if command == "atlas":
         plot_atlas(atlas_rows(loaded, per_row, kind, seed), kind, paths["atlas"])

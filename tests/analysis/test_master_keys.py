@@ -112,8 +112,8 @@ def test_reference_fit_gives_the_reference_filter_up_to_its_scale():
     assert report.entries[0].key_index[:4] == [7, 0, 3, 1]
     # The layer computes the depthwise convolution with those filters (plus its bias, zero here).
     x = np.random.default_rng(1).standard_normal((2, 9, 9, 16)).astype("float32")
-    expected = keras.ops.depthwise_conv(x, (y / np.abs(fit.a)[:, None, None]).transpose(1, 2, 0)[..., None].astype("float32"),
-                                        padding="same")
+    kernel = (y / np.abs(fit.a)[:, None, None]).transpose(1, 2, 0)[..., None].astype("float32")
+    expected = keras.ops.depthwise_conv(x, kernel, padding="same")
     np.testing.assert_allclose(to_np(entry.layer(x)), to_np(expected), atol=1e-4)
 
 
