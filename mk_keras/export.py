@@ -318,8 +318,11 @@ def _probe(path, images, timeout):
         inputs, out = os.path.join(tmp, "images.npy"), os.path.join(tmp, "result.json")
         np.save(inputs, images)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        proc = subprocess.run([sys.executable, "-c", _PROBE, path, inputs, out, json.dumps(SIGNATURES)],
-                              capture_output=True, text=True, timeout=timeout, env=env)
+        try:
+            proc = subprocess.run([sys.executable, "-c", _PROBE, path, inputs, out, json.dumps(SIGNATURES)],
+                                  capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return None, f"tf.saved_model.load in a fresh process did not finish within {timeout} s"
         if proc.returncode:
             tail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit status {proc.returncode}"
             return None, f"tf.saved_model.load in a fresh process failed: {tail}"
@@ -359,11 +362,13 @@ def verify_saved_model(path, model=None, batch_size=8, atol=1e-5, seed=0, timeou
 
     recorded = metadata["frozen_kernels"]
     differing = []
-    current = {r["variable"]: r["sha256"] for r in _kernel_records(model)}
+    weights = {w.path: w for w in model.weights}
     for r in recorded:
-        if current.get(r["variable"]) != r["sha256"]:
+        w = weights.get(r["variable"])
+        if w is None or _sha256(keras.ops.convert_to_numpy(w)) != r["sha256"]:
             differing.append(r["variable"])
-            problems.append(f"kernel {r['variable']} of the Keras model differs from the metadata")
+            problems.append(f"kernel {r['variable']} of the Keras model "
+                            f"{'is missing' if w is None else 'differs from the metadata'}")
 
     result, error = _probe(path, images, timeout)
     max_abs_diff = {}

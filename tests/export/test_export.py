@@ -74,25 +74,38 @@ def test_serving_signature_answers_uint8_batch(convnext_export):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_tampered_savedmodel_fails_verification(convnext_export, tmp_path):
+def _one_ulp_up(value):
+    value = np.array(value)
+    value.flat[0] = np.nextafter(value.flat[0], np.float32(np.inf))
+    return value
+
+
+def test_tampered_export_fails_verification(convnext_export, tmp_path):
     path, expected, _ = convnext_export
     tampered = str(tmp_path / "tampered")
     shutil.copytree(path, tampered)
     loaded = tf.saved_model.load(tampered)
     by_name = {v.name: v for v in loaded.variables}
     frozen = by_name[f"{expected[1][0]}/kernel:0"]
-    value = frozen.numpy()
-    value.flat[0] = np.nextafter(value.flat[0], np.float32(np.inf))  # one ulp: invisible in the outputs
-    frozen.assign(value)
+    frozen.assign(_one_ulp_up(frozen.numpy()))  # invisible in the outputs
     head = by_name["head_dense/kernel:0"]
     head.assign(head.numpy() * np.array([2.0, 1.0, 1.0], np.float32))  # a trainable weight: changes the outputs
     tf.train.Checkpoint(loaded).write(os.path.join(tampered, "variables", "variables"))
+    keras_file = os.path.join(tampered, "model.keras")
+    model = keras.saving.load_model(keras_file)
+    kernel = model.get_layer(expected[0][0]).kernel
+    kernel.assign(_one_ulp_up(keras.ops.convert_to_numpy(kernel)))
+    model.save(keras_file)
 
     result = verify_saved_model(tampered)
     assert not result.ok
-    assert result.kernels_differing == [f"{expected[1][0]}/kernel"]
+    assert result.kernels_differing == sorted(f"{layer}/kernel" for layer, _ in expected[:2])
     assert result.max_abs_diff["serving_default"] > 1e-5
-    assert "1/3" not in str(result) and "2/3 bit-identical" in str(result)
+    text = str(result)
+    assert "FAILED" in text and "1/3 bit-identical" in text
+    assert f"kernel {expected[0][0]}/kernel of the Keras model differs" in text
+    assert f"kernel {expected[1][0]}/kernel in the SavedModel differs" in text
+    assert "model.keras differs from the exported archive" in text
 
 
 def test_model_without_frozen_layers_exports_and_overwrite_replaces_only_on_success(tmp_path):
@@ -131,7 +144,8 @@ assert keras.backend.backend() == "jax"
 run_dir, out = sys.argv[2], sys.argv[3]
 model, report = make_run_dir(run_dir, "convnext_micro_cifar", n=2, kind="depthwise")
 images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-probs = keras.ops.convert_to_numpy(keras.ops.softmax(model(images.astype("float32"), training=False)))
+logits = model.predict(images.astype("float32"), verbose=0)  # one jit-compiled call (eager JAX compiles per op)
+probs = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
 np.savez(os.path.join(out, "jax.npz"), images=images, probs=probs)
 with open(os.path.join(out, "hashes.json"), "w") as f:
     json.dump([sha256(keras.ops.convert_to_numpy(model.get_layer(e.target_layer).kernel)) for e in report.entries], f)
