@@ -138,10 +138,12 @@ def make_pipeline(
     def prepare(x, y):
         return _prepare(x, size, channels, resize_mode, in_channels), y
 
+    # Order-sensitive steps take `deterministic` per op, so upstream sources keep their own (ordered) reads.
+    par = {"num_parallel_calls": tf.data.AUTOTUNE, "deterministic": deterministic}
     if None not in loaded.info.image_shape:  # equal-size images: resize in chunks (vectorised)
-        ds = ds.batch(1024).map(prepare, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+        ds = ds.batch(1024).map(prepare, **par).unbatch()
     else:
-        ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(prepare, **par)
         ds = ds.map(lambda x, y: (tf.ensure_shape(x, size + (channels,)), y))
     ds = ds.apply(tf.data.experimental.assert_cardinality(loaded.info.num_examples))
     if cache:
@@ -149,7 +151,7 @@ def make_pipeline(
     if training:
         buffer = shuffle_buffer or max(1, min(loaded.info.num_examples, 50_000))
         ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, **par)
 
     augmenter = _augmenter(augment, shuffle_seed) if training else None
     mixer = _mixer(mixup, cutmix, shuffle_seed) if training else None
@@ -163,10 +165,6 @@ def make_pipeline(
             x, y = mixer(step, x, y)
         return tf.clip_by_value(x, 0.0, 255.0), y
 
-    ds = ds.enumerate().map(
-        lambda step, xy: finish(step, *xy),
-        num_parallel_calls=None if deterministic else tf.data.AUTOTUNE,
-    )
-    options = tf.data.Options()
-    options.deterministic = deterministic
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+    # Keras random layers keep seed state: deterministic mode draws it sequentially.
+    ds = ds.enumerate().map(lambda step, xy: finish(step, *xy), **({} if deterministic else par))
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -211,6 +211,9 @@ def digits(split):
 # --- Image folders ------------------------------------------------------------------------------------
 
 
+_SPLIT_DIRS = ("train", "test", "val", "validation")
+
+
 def _file_hash(path):
     with open(path, "rb") as f:
         return hashlib.sha1(f.read()).hexdigest()
@@ -233,8 +236,8 @@ def _decodable(paths):
 def folder(path, split):
     """Class-per-folder image tree, decoded to RGB uint8.
 
-    Layout PATH/SPLIT/CLASS/*.jpg is used when PATH/SPLIT exists; otherwise PATH/CLASS/*.jpg with the
-    deterministic stratified split (identical files kept on one side). Files are listed by
+    Layout PATH/SPLIT/CLASS/*.jpg when PATH has train/test/val/validation subfolders; otherwise
+    PATH/CLASS/*.jpg with the deterministic stratified split (identical files kept on one side). Files are listed by
     `keras.utils.image_dataset_from_directory` (.bmp .gif .jpeg .jpg .png). Files TensorFlow cannot decode
     are skipped, counted in `skipped_files` and logged.
     """
@@ -242,9 +245,12 @@ def folder(path, split):
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"image folder {path!r} does not exist.")
-    root = os.path.join(path, split)
-    has_split_dirs = os.path.isdir(root)
-    if not has_split_dirs:
+    split_dirs = sorted(d for d in _SPLIT_DIRS if os.path.isdir(os.path.join(path, d)))
+    has_split_dirs = bool(split_dirs)
+    if has_split_dirs:
+        _check_split(split, split_dirs, f"folder:{path}")
+        root = os.path.join(path, split)
+    else:
         _check_split(split, ("train", "test"), f"folder:{path} (no split subfolders)")
         root = path
     try:
@@ -325,16 +331,18 @@ def tfds_source(name, split, data_dir=None, manual_dir=None, download=True):
         try:
             builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
         except Exception as e:  # network, missing manual files, ...: one clear message instead
-            reason = f"download failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            detail = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+            reason = f"download failed: {type(e).__name__}" + (f": {detail}" if detail else "")
             raise _not_prepared(name, builder, manual_dir, reason) from e
     info = builder.info
     if not info.supervised_keys or len(info.supervised_keys) != 2:
         raise ValueError(f"TFDS dataset {name!r} has no (image, label) supervised keys.")
     image_key, label_key = info.supervised_keys
     tfds_split = split
-    base = builder.name
-    if split == "test" and (base in _TFDS_TEST_IS_VALIDATION or (info.splits and "test" not in info.splits)):
+    if split == "test" and (builder.name in _TFDS_TEST_IS_VALIDATION or (info.splits and "test" not in info.splits)):
         tfds_split = "validation"
+    if not hasattr(info.features[label_key], "names"):
+        raise ValueError(f"TFDS dataset {name!r}: label feature {label_key!r} is not a ClassLabel.")
     class_names = list(info.features[label_key].names)
     num_examples = None
     if info.splits:

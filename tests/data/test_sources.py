@@ -153,6 +153,8 @@ def test_folder_with_split_dirs_and_corrupt_file(tmp_path):
     assert [tuple(x.shape) for x, _ in pipe] == [(4, 8, 8, 3), (2, 8, 8, 3)]
     dogs = data.load(f"folder:{tmp_path}", split="train", classes="dog")
     assert dogs.info.num_examples == 3 and set(labels_of(dogs)) == {0}
+    with pytest.raises(ValueError, match=r"split='test' is not available for folder:.*use one of \['train'\]"):
+        data.load(f"folder:{tmp_path}", split="test")
 
 
 def test_folder_without_split_dirs_gets_stratified_split(tmp_path):
