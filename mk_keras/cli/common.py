@@ -4,7 +4,8 @@ flags shared by mk-train / mk-transfer / mk-tune, and the flagfile a run directo
 Each binary module defines `define_flags(fv)`, a testable `run(**kwargs)` and `main(argv) -> exit status`
 (in-process: parses `argv` into a fresh `flags.FlagValues`, so tests can call it repeatedly), plus
 `main_entry()` for the console script. Exit status: 0 ok, 1 the run failed (NaN loss), 2 bad usage
-(bad flag or value, missing source, finished run without --overwrite): one line on stderr, no traceback.
+(bad flag or value, missing source, finished run without --overwrite): one line on stderr, no traceback
+(set MK_KERAS_TRACEBACK=1 to get the traceback instead).
 """
 
 import logging
@@ -94,6 +95,8 @@ def execute(prog, define_flags, main, argv):
     except TrainingFailed as e:
         return fail(prog, e, EXIT_FAILED)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
+        if os.environ.get("MK_KERAS_TRACEBACK"):
+            raise
         return fail(prog, e)
     return EXIT_OK
 

@@ -24,8 +24,13 @@ def _groups(model):
     }
 
 
-def _numpy(variable):
-    return np.asarray(keras.ops.convert_to_numpy(variable.value))
+def to_numpy(variable):
+    """The value of a Keras variable as NumPy, also for tf.distribute variables (mirrored: the primary copy;
+    on-read metric variables: the sum over replicas)."""
+    value = variable.value
+    if hasattr(value, "read_value"):  # TensorFlow variable, possibly distributed
+        value = value.read_value()
+    return np.asarray(keras.ops.convert_to_numpy(value))
 
 
 def save_state(directory, model, meta):
@@ -34,7 +39,7 @@ def save_state(directory, model, meta):
     arrays = {"meta": np.array(json.dumps(meta))}
     for group, variables in _groups(model).items():
         for i, v in enumerate(variables):
-            arrays[f"{group}/{i}"] = _numpy(v)
+            arrays[f"{group}/{i}"] = to_numpy(v)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     path = os.path.join(directory, STATE_FILE)

@@ -240,7 +240,7 @@ class _RunMonitor(keras.callbacks.Callback):
             raise ValueError(f"checkpoint metric state ({len(saved)} variables) does not match the model's "
                              f"({len(variables)}); pass overwrite to start over")
         for v, value in zip(variables, saved):
-            v.assign(keras.ops.convert_to_numpy(v.value) + value)
+            v.assign(checkpoint.to_numpy(v) + value)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.offset and self.state.get("metric_values") is not None:
@@ -308,7 +308,7 @@ class _KeepRawWeights(keras.callbacks.Callback):
     EMA into the model; `restore()` puts the raw weights back so training continues exactly."""
 
     def on_epoch_end(self, epoch, logs=None):
-        self.values = [keras.ops.convert_to_numpy(v.value) for v in self.model.trainable_variables]
+        self.values = [checkpoint.to_numpy(v) for v in self.model.trainable_variables]
 
     def restore(self):
         for v, value in zip(self.model.trainable_variables, self.values):
@@ -442,7 +442,9 @@ def train(
     if num_examples < batch_size:
         raise ValueError(f"batch_size={batch_size} exceeds the {num_examples} training examples of {dataset!r}")
     steps = steps_per_epoch or num_examples // batch_size
-    spe = recipe.divisor_at_most(steps, steps_per_execution)
+    # Keras 3 runs several steps per call in a tf.while_loop that fails under Mirrored/MultiWorker strategies
+    # ("You must feed a value for placeholder tensor", keras-team/keras#19246): one step per call there.
+    spe = 1 if dist.name in ("mirrored", "multi_worker") else recipe.divisor_at_most(steps, steps_per_execution)
     total_steps = epochs * steps
     warmup_steps = int(round(warmup_epochs * steps))
     peak_lr = recipe.peak_learning_rate(lr, batch_size, lr_scaling)
@@ -464,6 +466,8 @@ def train(
         schedule = recipe.lr_schedule(peak_lr, total_steps, warmup_steps, min_lr_ratio)
         optimizer = recipe.make_optimizer(net, schedule, weight_decay, ema, ema_momentum)
         recipe.compile_model(net, optimizer, num_classes, label_smoothing, jit_compile, spe)
+        if dist.name == "multi_worker":
+            _build_for_multi_worker(net, num_classes)
 
         pipeline = {"batch_size": batch_size, "image_size": (height, width), "channels": channels,
                     "deterministic": deterministic}
@@ -540,6 +544,23 @@ def train(
         if ckpt_dir is not None:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
     return metrics
+
+
+def _build_for_multi_worker(net, num_classes):
+    """Work around Keras 3 bugs under MultiWorkerMirroredStrategy (keras-team/keras#20585, open):
+
+    - `fit`/`evaluate` first reduce a real input batch across workers to build the model symbolically, which
+      fails: build the compiled loss and metrics from shapes instead and skip that step;
+    - each step's scalar metric results are reduced with `strategy.reduce("MEAN", v, axis=0)`, which fails
+      on scalars: return them with shape [1] (the reduction then averages them over all replicas).
+    Epoch logs are unaffected: Keras reads them from the metric variables, summed over replicas.
+    """
+    shape = (1, *net.input_shape[1:])
+    net._symbolic_build(data_batch=(np.zeros(shape, "float32"), np.zeros((1, num_classes), "float32")))
+    net._maybe_symbolic_build = lambda *args, **kwargs: None
+    for name in ("train_step", "test_step"):
+        step = getattr(net, name)
+        setattr(net, name, lambda data, step=step: {k: keras.ops.reshape(v, (1,)) for k, v in step(data).items()})
 
 
 def _fit(net, stream, eval_pipe, start, steps, epochs, eval_every, callbacks, verbose, ema):
