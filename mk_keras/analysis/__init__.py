@@ -7,6 +7,7 @@ from mk_keras.analysis.layers import MasterKeyDepthwiseConv2D
 from mk_keras.analysis.master_keys import (
     MASTER_KEY_NAMES,
     MASTER_KEY_PARAMS,
+    SHIFTS,
     MasterKeyFit,
     MasterKeyReport,
     assign_master_keys,
@@ -20,6 +21,7 @@ __all__ = [
     "ANALYSIS_KINDS",
     "MASTER_KEY_NAMES",
     "MASTER_KEY_PARAMS",
+    "SHIFTS",
     "ClusterResult",
     "LayerSimilarity",
     "MasterKeyDepthwiseConv2D",

@@ -27,6 +27,7 @@ from mk_keras.transfer import _canonical, _selection
 
 MASTER_KEY_NAMES = ("gaussian", "dx", "dy", "one_sided_+x", "one_sided_-x", "one_sided_+y", "one_sided_-y",
                     "centre_surround")
+SHIFTS = ("kernel", "bias")
 MASTER_KEY_PARAMS = {
     "gaussian_sigma": 2.0,
     "derivative_sigma": 1.0,
@@ -128,6 +129,7 @@ class MasterKeyReport:
 
     n: int
     order: str
+    shift: str
     reference: str | None
     entries: list
 
@@ -135,7 +137,7 @@ class MasterKeyReport:
         return {**dataclasses.asdict(self), "key_names": list(MASTER_KEY_NAMES)}
 
     def __str__(self):
-        head = f"master keys n={self.n} order={self.order} reference={self.reference or '-'}"
+        head = f"master keys n={self.n} order={self.order} shift={self.shift} reference={self.reference or '-'}"
         rows = [
             f"  [{e.index:3d}] {e.layer:<32} keys {e.key_counts}"
             + (f" fit |cos| {e.mean_cosine:.3f} from {e.reference_layer}" if e.reference_layer else "")
@@ -144,29 +146,35 @@ class MasterKeyReport:
         return "\n".join([head, *rows])
 
 
-def assign_master_keys(model, n, reference=None, order="first"):
-    """A copy of `model` whose first (or last) `n` depthwise layers hold frozen master keys with a learnable shift.
 
-    Each selected `DepthwiseConv2D` becomes a `MasterKeyDepthwiseConv2D` with kernel s*x̂ per channel
-    (s = ±1, x̂ a master key, frozen) and a trainable per-channel `shift`; its bias keeps its value and stays
-    trainable. The scale of the fit is dropped: the conv is linear, so it folds into later layers.
-      - With a `reference` model (e.g. trained), channel c of layer i is fitted against the reference's
-        filter y of depthwise layer i (same order, same kernel shape required): x̂ = the key maximising
-        |a|, a = <x̂, y>, s = sign(a), shift = mean(y)/|a| (0 when a = 0), so the applied filter is y/|a|.
-      - Without a reference, keys go round-robin over channels (channel c gets key c mod 8), s = +1, shift 0.
-    All other layers and weights (trainable flags included) are copied unchanged. Build, call this and
-    compile inside the same distribution scope; compile the returned model (it holds new variables).
-    Returns `(new_model, MasterKeyReport)`.
+def assign_master_keys(model, n, reference=None, order="first", shift="kernel"):
+    """Give the first (or last) `n` depthwise layers of `model` frozen master keys with a learnable shift.
+
+    Channel c of each selected layer gets the kernel s*x̂ (s = ±1, x̂ a master key), frozen:
+      - with a `reference` model (e.g. trained), fitted to the reference's filter y of the same depthwise
+        layer index (same kernel shape required): x̂ = the key maximising |a|, a = <x̂, y>, s = sign(a);
+      - without, round-robin over channels (channel c gets key c mod 8), s = +1.
+    The scale |a| is dropped: the conv is linear, so it folds into later layers. The learnable shift:
+      - shift="kernel": returns a copy of `model` in which each selected `DepthwiseConv2D` is a
+        `MasterKeyDepthwiseConv2D` applying kernel + shift[c] (b added to every tap, the fit's form);
+        shift = mean(y)/|a| with a reference (the layer applies y/|a|), else 0. Everything else, trainable
+        flags included, is copied. Compile the returned model.
+      - shift="bias": in place (returns `model` itself): the kernel variable is set to the keys and made
+        non-trainable (`kernel.trainable = False`; not kept by `.keras` save/load), the layer's bias stays
+        trainable as a per-channel output shift (a layer without bias gets none). Any depthwise layer type.
+    Call inside the strategy scope, before compiling. Returns `(model, MasterKeyReport)`.
     """
+    if shift not in SHIFTS:
+        raise ValueError(f"shift={shift!r}; allowed: {', '.join(SHIFTS)}")
     layers = filter_layers(model, "depthwise")
     if not layers:
         raise ValueError(f"model {model.name!r} has no depthwise layers for master keys")
     selected = [layers[i] for i in _selection(len(layers), n, order)]
     for entry in selected:
-        if type(entry.layer) is not keras.layers.DepthwiseConv2D:
+        if shift == "kernel" and type(entry.layer) is not keras.layers.DepthwiseConv2D:
             raise ValueError(
-                f"layer {entry.name!r} is a {type(entry.layer).__name__}; master keys replace plain DepthwiseConv2D "
-                "layers only"
+                f"layer {entry.name!r} is a {type(entry.layer).__name__}; shift='kernel' replaces plain "
+                "DepthwiseConv2D layers only (use shift='bias')"
             )
     ref_layers = None
     if reference is not None:
@@ -177,7 +185,8 @@ def assign_master_keys(model, n, reference=None, order="first"):
     plans = {}
     entries = []
     for pos, entry in enumerate(selected):
-        kh, kw, channels, mult = entry.kernel_shape
+        target = _canonical(np.zeros(entry.kernel_shape, np.float32), entry).shape
+        kh, kw, channels, mult = target
         if kh != kw:
             raise ValueError(f"layer {entry.name!r} has a non-square kernel {kh}x{kw}; master keys need k x k")
         keys = master_keys(kh)
@@ -187,18 +196,23 @@ def assign_master_keys(model, n, reference=None, order="first"):
         else:
             ref = ref_layers[pos]
             value = _canonical(keras.ops.convert_to_numpy(ref.kernel), ref)
-            if value.shape != entry.kernel_shape:
+            if value.shape != target:
                 raise ValueError(
-                    f"reference layer {ref.name!r} {value.shape} does not match target layer {entry.name!r} "
-                    f"{entry.kernel_shape}"
+                    f"reference layer {ref.name!r} {value.shape} does not match target layer {entry.name!r} {target}"
                 )
             fit = fit_master_keys(value.reshape(kh, kw, -1).transpose(2, 0, 1))
             key_index, signs = fit.index, np.where(fit.a < 0, -1.0, 1.0)
             shifts = np.divide(fit.b, np.abs(fit.a), out=np.zeros_like(fit.b), where=fit.a != 0)
             ref_name, mean_cos = ref.name, float(fit.cosine.mean())
         kernel = (signs[:, None, None] * keys[key_index]).transpose(1, 2, 0).reshape(entry.kernel_shape)
-        plans[id(entry.layer)] = (kernel, shifts.reshape(channels * mult))
+        plans[id(entry.layer)] = (kernel, shifts)
         entries.append(MasterKeyEntry(entry.index, entry.name, ref_name, key_index.tolist(), mean_cos))
+    report = MasterKeyReport(n, order, shift, reference.name if reference is not None else None, entries)
+    if shift == "bias":
+        for entry in selected:
+            entry.kernel.assign(plans[id(entry.layer)][0].astype(keras.backend.standardize_dtype(entry.kernel.dtype)))
+            entry.kernel.trainable = False
+        return model, report
 
     def clone(layer):
         if id(layer) in plans:
@@ -209,7 +223,7 @@ def assign_master_keys(model, n, reference=None, order="first"):
     for old_layer, new_layer in zip(_iter_layers(model), _iter_layers(new), strict=True):
         weights = old_layer.get_weights()
         if id(old_layer) in plans:
-            kernel, shift = plans[id(old_layer)]
-            weights = [kernel.astype(weights[0].dtype), *weights[1:], shift.astype(weights[0].dtype)]
+            kernel, shifts = plans[id(old_layer)]
+            weights = [kernel.astype(weights[0].dtype), *weights[1:], shifts.astype(weights[0].dtype)]
         new_layer.set_weights(weights)
-    return new, MasterKeyReport(n, order, reference.name if reference is not None else None, entries)
+    return new, report

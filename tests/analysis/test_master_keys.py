@@ -98,6 +98,33 @@ def test_round_robin_keys_stay_bit_identical_while_shift_and_bias_train():
     assert not np.array_equal(to_np(second.kernel), other)
 
 
+def test_bias_shift_freezes_the_kernel_variable_in_place():
+    model = tiny()
+    same, report = assign_master_keys(model, 2, order="last", shift="bias")
+    assert same is model and report.shift == "bias" and [e.layer for e in report.entries] == ["dw2", "dw3"]
+    layer = model.get_layer("dw3")
+    assert type(layer) is keras.layers.DepthwiseConv2D and layer.trainable
+    assert not layer.kernel.trainable and layer.bias.trainable
+    kernel = to_np(layer.kernel).copy()
+    np.testing.assert_array_equal(kernel[:, :, 5, 0], master_keys(7)[5])
+    bias, first = to_np(layer.bias).copy(), to_np(model.get_layer("dw1").kernel).copy()
+    _train(model)
+    np.testing.assert_array_equal(to_np(layer.kernel), kernel)
+    assert not np.array_equal(to_np(layer.bias), bias)
+    assert not np.array_equal(to_np(model.get_layer("dw1").kernel), first)
+
+
+def test_bias_shift_works_on_grouped_conv_but_the_flag_is_not_saved(tmp_path):
+    inputs = keras.Input((8, 8, 4))
+    grouped = keras.Model(inputs, keras.layers.Conv2D(4, 3, groups=4, name="grouped")(inputs))
+    assign_master_keys(grouped, 1, shift="bias")
+    np.testing.assert_array_equal(to_np(grouped.get_layer("grouped").kernel)[:, :, 0, 2], master_keys(3)[2])
+    grouped.save(tmp_path / "g.keras")
+    loaded = keras.saving.load_model(tmp_path / "g.keras").get_layer("grouped")
+    np.testing.assert_array_equal(to_np(loaded.kernel), to_np(grouped.get_layer("grouped").kernel))
+    assert loaded.kernel.trainable  # documented: variable-level freezing is not part of the .keras format
+
+
 def test_reference_fit_gives_the_reference_filter_up_to_its_scale():
     reference = tiny()
     plant_model(reference, [7, 0, 3, 1])
@@ -150,5 +177,7 @@ def test_bad_inputs_give_clear_errors():
         assign_master_keys(tiny(), 1, reference=tiny(kernel_size=3))
     inputs = keras.Input((8, 8, 4))
     grouped = keras.Model(inputs, keras.layers.Conv2D(4, 3, groups=4, name="grouped")(inputs))
-    with pytest.raises(ValueError, match="'grouped' is a Conv2D"):
+    with pytest.raises(ValueError, match="'grouped' is a Conv2D; shift='kernel' replaces plain"):
         assign_master_keys(grouped, 1)
+    with pytest.raises(ValueError, match="shift='output'"):
+        assign_master_keys(tiny(), 1, shift="output")
