@@ -2,7 +2,6 @@
 # make test       : set up everything and run the tests (TensorFlow backend, then JAX for backend-agnostic parts)
 VENV := .venv
 BIN := $(VENV)/bin
-export TF_CPP_MIN_LOG_LEVEL ?= 3
 
 .PHONY: setup quickstart test test-tf test-jax bench
 
