@@ -121,7 +121,8 @@ def make_pipeline(
       image_size, channels: the model's input size; grey sources become RGB for channels=3 and RGB
         becomes grey for channels=1.
       training: shuffle (seeded, reshuffled each epoch) and allow augmentation/mixing.
-      augment: None, "basic" or "randaugment" (see `_augmenter`); applied per batch, per-image random draws.
+      augment: None, "basic" or "randaugment" (see `_augmenter`): Keras layers applied to whole batches;
+        "basic" draws shift and flip per image, RandAugment picks its ops per batch.
       mixup, cutmix: MixUp alpha / CutMix factor, 0 disables; both > 0: one of them per batch.
       shuffle_seed: seeds the shuffle, augmentation and mixing.
       cache: True caches the resized uint8 images in memory, a string caches to that file, False none.
@@ -135,6 +136,7 @@ def make_pipeline(
     size, k = tuple(image_size), loaded.info.num_classes
     in_channels = loaded.info.image_shape[-1]
     ds = loaded.dataset
+
     def prepare(x, y):
         return _prepare(x, size, channels, resize_mode, in_channels), y
 
