@@ -166,6 +166,8 @@ def test_keras_file_round_trip_keeps_frozen_kernel_and_shift(tmp_path):
     np.testing.assert_array_equal(to_np(again.shift), to_np(layer.shift))
     x = np.random.default_rng(0).uniform(0, 1, (2, 12, 12, 3)).astype("float32")
     np.testing.assert_allclose(to_np(loaded(x)), to_np(model(x)), atol=1e-5)
+    clone = keras.models.clone_model(model).get_layer("dw2")
+    assert isinstance(clone, MasterKeyDepthwiseConv2D) and not clone.kernel.trainable
 
 
 def test_bad_inputs_give_clear_errors():
