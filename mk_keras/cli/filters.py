@@ -56,14 +56,16 @@ def define_flags(flag_values):
     flags.DEFINE_enum("kind", "depthwise", ANALYSIS_KINDS, "depthwise filters, or the 2-D slices of conv kernels.",
                       **fv)
     flags.DEFINE_integer("seed", 0, "Seed for sampling, the random baseline and clustering.", **fv)
-    flags.DEFINE_integer("per_row", 16, "atlas: filters shown per layer.", **fv)
-    flags.DEFINE_integer("max_filters", 1024, "compare, cluster: at most this many filters per layer (sampled).", **fv)
+    flags.DEFINE_integer("per_row", 16, "atlas: filters shown per layer.", lower_bound=1, **fv)
+    flags.DEFINE_integer("max_filters", 1024, "compare, cluster: at most this many filters per layer (sampled).",
+                         lower_bound=1, **fv)
     flags.DEFINE_integer("k", 8, "cluster: number of filter types.", **fv)
     flags.DEFINE_enum("method", "kmeans", CLUSTER_METHODS, "cluster: sign-invariant k-means, or autoencoder codes.",
                       **fv)
     flags.DEFINE_float("max_distance", 0.5, "cluster: report the share of filters this close to their centroid.", **fv)
-    flags.DEFINE_integer("latent_dim", 8, "cluster --method=autoencoder: code size.", **fv)
-    flags.DEFINE_integer("epochs", 50, "cluster --method=autoencoder: training epochs.", **fv)
+    flags.DEFINE_integer("latent_dim", 8, "cluster --method=autoencoder: code size.", lower_bound=1, **fv)
+    flags.DEFINE_integer("epochs", 50, "cluster --method=autoencoder: training epochs.", lower_bound=1,
+                         **fv)
 
 
 def _output_paths(command, out_dir, kind, overwrite):
