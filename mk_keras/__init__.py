@@ -1,10 +1,13 @@
 """mk_keras: tools for the Master Key Filters Hypothesis on Keras 3.
 
-Public API: `create_model`, `list_models`, `filter_layers`, `transfer_filters`, `freeze_filters`.
+Public API: `create_model`, `list_models`, `filter_layers`, `transfer_filters`, `freeze_filters`,
+`master_keys`, `assign_master_keys`, `export_saved_model`, `verify_saved_model`; subpackages `data`,
+`training`, `experiments`, `analysis`.
 """
 
 __version__ = "0.1.0"
 
+from mk_keras.analysis import assign_master_keys, fit_master_keys, master_keys
 from mk_keras.export import export_saved_model, verify_saved_model
 from mk_keras.filters import FILTER_KINDS, FilterLayer, filter_layers
 from mk_keras.models import create_model, list_models, model_family
@@ -14,11 +17,14 @@ __all__ = [
     "FILTER_KINDS",
     "FilterLayer",
     "TransferReport",
+    "assign_master_keys",
     "create_model",
     "export_saved_model",
     "filter_layers",
+    "fit_master_keys",
     "freeze_filters",
     "list_models",
+    "master_keys",
     "model_family",
     "transfer_filters",
     "verify_saved_model",
