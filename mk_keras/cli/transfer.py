@@ -47,6 +47,8 @@ def define_flags(fv):
 
 def source_model_name(source):
     """The architecture (registered model name) stored in a `.keras` file or a run directory's model.keras."""
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"source {source!r} does not exist; pass a .keras file or a run directory")
     path = os.path.join(source, "model.keras") if os.path.isdir(source) else source
     if not os.path.exists(path):
         raise FileNotFoundError(f"source {source!r} has no model.keras; pass a .keras file or a finished run "

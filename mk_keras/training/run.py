@@ -174,6 +174,15 @@ def _split_holdout(loaded, fraction):
             part(True, f"{loaded.info.split}[every {every}th]", held))
 
 
+def _truncate(loaded, count):
+    """The first `count` examples: JAX data-parallel evaluation needs every batch to split evenly over the
+    devices, so up to (devices - 1) evaluation examples are left out (the metrics record `num_examples`)."""
+    log.warning("evaluating on %d of %d %s examples (a multiple of the devices)", count, loaded.info.num_examples,
+                loaded.info.split)
+    info = dataclasses.replace(loaded.info, split=f"{loaded.info.split}[:{count}]", num_examples=count)
+    return dataclasses.replace(loaded, dataset=loaded.dataset.take(count), info=info)
+
+
 def _info_dict(info):
     fields = dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(vars(info))
     return json.loads(json.dumps(fields, default=_json_default))
@@ -435,6 +444,8 @@ def train(
         train_data, eval_data = _split_holdout(train_data, holdout)
     else:
         eval_data = data.load(dataset, split=eval_split, max_per_class=eval_max_per_class, **common)
+    if dist.name == "data_parallel" and eval_data.info.num_examples % dist.num_replicas:
+        eval_data = _truncate(eval_data, eval_data.info.num_examples // dist.num_replicas * dist.num_replicas)
     num_classes = train_data.info.num_classes
     num_examples = train_data.info.num_examples
     if batch_size % dist.num_replicas:

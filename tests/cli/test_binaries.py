@@ -1,0 +1,131 @@
+"""mk-train, mk-transfer and mk-tune end to end, in-process, on a few steps of real data (scikit-learn
+digits), plus their error paths: one line on stderr, exit status 2, nothing already written lost."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from absl import flags
+
+from mk_keras import filter_layers
+from mk_keras.cli import common, train, transfer, tune
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--dataset=digits", "--max_per_class=16", "--eval_max_per_class=8", "--batch_size=16", "--epochs=1",
+        "--verbose=0"]
+
+
+def _kernels(path):
+    return [keras.ops.convert_to_numpy(f.kernel) for f in filter_layers(keras.saving.load_model(path))]
+
+
+def _snapshot(directory):
+    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cli") / "base"
+    argv = ["mk-train", *TINY, "--classes=0,1,2,3,4", f"--run_dir={run_dir}"]
+    assert train.main(argv) == 0
+    return run_dir, argv
+
+
+def test_mk_train_writes_a_reproducible_run_directory(base_run):
+    run_dir, _ = base_run
+    for name in ("flags.txt", "config.json", "metrics.json", "model.keras"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    assert list((run_dir / "tensorboard" / "validation").glob("events.out.tfevents.*"))
+    assert not (run_dir / "checkpoint").exists()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["epochs_completed"] == 1
+    assert 0 <= metrics["top1"] <= metrics["top5"] <= 1 and np.isfinite(metrics["loss"])
+    assert metrics["params"]["frozen"] == 0 and metrics["params"]["trainable"] == metrics["params"]["total"]
+    assert metrics["dataset"]["num_classes"] == 5 and metrics["epochs"][0]["wall_time_s"] > 0
+    # flags.txt, parsed by mk-train, gives back every setting the run used.
+    fv = flags.FlagValues()
+    names = train.define_flags(fv)
+    fv(["mk-train", f"--flagfile={run_dir / 'flags.txt'}"])
+    config = json.loads((run_dir / "config.json").read_text())
+    for name, value in common.training_kwargs(fv, names).items():
+        if name != "overwrite":
+            assert json.loads(json.dumps(value)) == config[name], name
+
+
+def test_finished_run_is_not_overwritten(base_run, capsys):
+    run_dir, argv = base_run
+    before = _snapshot(run_dir)
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds a finished run" in err and "--overwrite" in err
+    assert _snapshot(run_dir) == before
+
+
+def test_mk_transfer_freezes_bit_identical_source_kernels(base_run, tmp_path, capsys):
+    source, _ = base_run
+    argv = ["mk-transfer", *TINY, "--classes=5,6,7,8,9", f"--source={source}", "--n=3",
+            f"--run_dir={tmp_path}/accessories_n{{n}}"]
+    assert transfer.main(argv) == 0
+    assert "3 frozen layers (depthwise n=3)" in capsys.readouterr().out
+    run_dir = tmp_path / "accessories_n3"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["model"] == "convnext_micro_cifar"  # taken from the source
+    assert metrics["frozen_layers"] == ["stage1_block1_dwconv", "stage2_block1_dwconv", "stage3_block1_dwconv"]
+    assert metrics["params"]["frozen"] == sum(7 * 7 * c + c for c in (24, 48, 96))
+    report = json.loads((run_dir / "transfer_report.json").read_text())
+    assert [e["frozen"] for e in report["entries"]] == [True] * 3 and report["source"]["dataset"] == "digits"
+    src, dst = _kernels(source / "model.keras"), _kernels(run_dir / "model.keras")
+    for i in range(3):
+        np.testing.assert_array_equal(dst[i], src[i])
+    for i in range(3, 5):
+        assert not np.array_equal(dst[i], src[i])
+    assert "--source=" in (run_dir / "flags.txt").read_text()
+
+
+@pytest.mark.parametrize(
+    "binary, args, message",
+    [
+        (train, ["--model=convnext_micro_cfar"], "unknown model 'convnext_micro_cfar'; close matches"),
+        (train, ["--dataset=cifar11"], "cifar11"),
+        (train, ["--epochs=0"], "--epochs"),
+        (train, ["--no_such_flag"], "no_such_flag"),
+        (transfer, ["--kind=diagonal"], "depthwise|pointwise|conv"),
+        (transfer, ["--n=9"], "n=9 is out of range; allowed: 0..5"),
+        (transfer, ["--source=/nonexistent/run"], "'/nonexistent/run' does not exist"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(binary, args, message, base_run, tmp_path, capsys):
+    source, _ = base_run
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("keep me")
+    argv = [binary.PROG, *TINY, f"--run_dir={run_dir}"]
+    if binary is transfer:
+        argv.append(f"--source={source}")
+    assert binary.main(argv + args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"{binary.PROG}: error: ") and "Traceback" not in err
+    assert message in err
+    assert _snapshot(run_dir) == {run_dir.joinpath("notes.txt").relative_to(run_dir): b"keep me"}
+
+
+def test_mk_tune_writes_a_flagfile_mk_train_accepts(tmp_path, capsys):
+    argv = ["mk-tune", "--dataset=digits", "--max_per_class=16", "--batch_size=16", "--epochs=1",
+            "--steps_per_epoch=3", "--max_trials=2", "--verbose=0", f"--run_dir={tmp_path}"]
+    assert tune.main(argv) == 0
+    assert "best of 2 trials" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "tuning.json").read_text())
+    assert len(summary["trials"]) == 2 and all(0 <= t["val_top1"] <= 1 for t in summary["trials"])
+    assert summary["best_val_top1"] == max(t["val_top1"] for t in summary["trials"])
+    trial = json.loads((tmp_path / "trials" / summary["best_trial"] / "metrics.json").read_text())
+    assert trial["status"] == "finished" and trial["eval_dataset"]["split"].startswith("train[every")
+    fv = flags.FlagValues()
+    train.define_flags(fv)
+    fv(["mk-train", f"--flagfile={tmp_path / 'best.flags'}", "--run_dir=unused"])
+    lo, hi = summary["ranges"]["lr"]
+    assert fv.lr == summary["best"]["lr"] and lo <= fv.lr <= hi
+    assert fv.weight_decay == summary["best"]["weight_decay"]
+    assert fv.label_smoothing == summary["best"]["label_smoothing"]
