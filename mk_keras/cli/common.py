@@ -103,7 +103,6 @@ def execute(prog, define_flags, main, argv):
 
 def setup_logging():
     """INFO-level, message-only logs on stderr for mk_keras (Keras prints its own progress)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("mk_keras").setLevel(logging.INFO)
 
