@@ -57,12 +57,18 @@ def make_optimizer(model, schedule, weight_decay=0.05, ema=False, ema_momentum=0
     return optimizer
 
 
+@keras.saving.register_keras_serializable(package="mk_keras")
+class TopKAccuracy(keras.metrics.TopKCategoricalAccuracy):
+    """Top-k accuracy on one-hot labels that also takes float16/bfloat16 logits (mixed precision; TensorFlow's
+    in_top_k accepts float32 only)."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(y_true, keras.ops.cast(y_pred, "float32"), sample_weight)
+
+
 def classification_metrics(num_classes):
     """Top-1 and top-k (k = min(5, num_classes)) accuracy on one-hot labels, named `top1` and `top5`."""
-    return [
-        keras.metrics.CategoricalAccuracy(name="top1"),
-        keras.metrics.TopKCategoricalAccuracy(k=min(5, num_classes), name="top5"),
-    ]
+    return [keras.metrics.CategoricalAccuracy(name="top1"), TopKAccuracy(k=min(5, num_classes), name="top5")]
 
 
 def resolve_jit_compile(jit_compile=None):

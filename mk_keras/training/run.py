@@ -461,24 +461,25 @@ def train(
     peak_lr = recipe.peak_learning_rate(lr, batch_size, lr_scaling)
     source_model, source_info = _load_source(source) if source is not None else (None, None)
 
-    with recipe.precision_policy(mixed_precision) as precision, dist.scope():
-        overrides = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
-        shape = None if image_size is None else (*cfg["image_size"], 3)
-        net = create_model(model, num_classes, input_shape=shape, **overrides)
-        height, width, channels = net.input_shape[1:]
-        if source_model is not None:
-            report = transfer_filters(source_model, net, n, kind, order, freeze, True, kernel_map, channel_map,
-                                      freeze_following_norm)
-        elif n:
-            report = freeze_filters(net, n, kind, order, freeze_following_norm)
-        else:
-            report = None
-        hook_result = init_hook(net) if init_hook is not None else None
-        schedule = recipe.lr_schedule(peak_lr, total_steps, warmup_steps, min_lr_ratio)
-        optimizer = recipe.make_optimizer(net, schedule, weight_decay, ema, ema_momentum)
-        recipe.compile_model(net, optimizer, num_classes, label_smoothing, jit_compile, spe)
-        if dist.name == "multi_worker":
-            _build_for_multi_worker(net, num_classes)
+    with dist.scope():
+        with recipe.precision_policy(mixed_precision) as precision:  # layers take the policy when built
+            overrides = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+            shape = None if image_size is None else (*cfg["image_size"], 3)
+            net = create_model(model, num_classes, input_shape=shape, **overrides)
+            height, width, channels = net.input_shape[1:]
+            if source_model is not None:
+                report = transfer_filters(source_model, net, n, kind, order, freeze, True, kernel_map, channel_map,
+                                          freeze_following_norm)
+            elif n:
+                report = freeze_filters(net, n, kind, order, freeze_following_norm)
+            else:
+                report = None
+            hook_result = init_hook(net) if init_hook is not None else None
+            schedule = recipe.lr_schedule(peak_lr, total_steps, warmup_steps, min_lr_ratio)
+            optimizer = recipe.make_optimizer(net, schedule, weight_decay, ema, ema_momentum)
+            recipe.compile_model(net, optimizer, num_classes, label_smoothing, jit_compile, spe)
+            if dist.name == "multi_worker":
+                _build_for_multi_worker(net, num_classes)
 
         pipeline = {"batch_size": batch_size, "image_size": (height, width), "channels": channels,
                     "deterministic": deterministic}
