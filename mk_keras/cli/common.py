@@ -23,7 +23,10 @@ _NOT_STORED = ("overwrite",)
 
 def requested_backend(argv):
     """The value of the last --backend flag in `argv` (flagfiles expanded), or None."""
-    args = flags.FlagValues().read_flags_from_files(list(argv[1:]), force_gnu=False)
+    try:
+        args = flags.FlagValues().read_flags_from_files(list(argv[1:]), force_gnu=False)
+    except flags.Error:
+        return None  # e.g. a missing flagfile: flag parsing reports it
     value = None
     for i, arg in enumerate(args):
         if arg.startswith("--backend="):

@@ -32,12 +32,12 @@ from mk_keras.transfer import ORDERS, freeze_filters, transfer_filters
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("running", "finished", "failed")
 CHECKPOINT_DIR = "checkpoint"
 _ARTIFACTS = ("metrics.json", "config.json", "flags.txt", "transfer_report.json", "model.keras",
               "tensorboard", CHECKPOINT_DIR)
-# Settings that do not change what is computed, so a resumed run may differ in them.
-_NOT_COMPARED = ("overwrite", "verbose", "flags_text", "checkpoint_every")
+# Settings a resumed run may change: run management, where data live, how steps are executed and distributed.
+_NOT_COMPARED = ("overwrite", "verbose", "flags_text", "checkpoint_every", "eval_every", "data_dir", "manual_dir",
+                 "distribution", "steps_per_execution", "jit_compile")
 
 
 class TrainingFailed(RuntimeError):
@@ -184,8 +184,7 @@ def _truncate(loaded, count):
 
 
 def _info_dict(info):
-    fields = dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(vars(info))
-    return json.loads(json.dumps(fields, default=_json_default))
+    return json.loads(json.dumps(dataclasses.asdict(info), default=_json_default))
 
 
 def _param_counts(model, frozen_layers):
