@@ -27,7 +27,7 @@ def _new_figure(panels, width=4.6, height=3.6):
     rows = math.ceil(panels / cols)
     fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True).ravel()
     for ax in axes[panels:]:
         ax.set_visible(False)
     return fig, axes[:panels]
@@ -38,8 +38,9 @@ def _baseline(ax):
 
 
 def _plot_lines(ax, summary, rows, arm, treatments):
-    """One line per (treatment, source size) of `arm`: mean +- std vs n, seeds as dots."""
-    keys = []
+    """One line per (treatment, source size) of `arm`: mean +- std vs n, seeds as dots; returns the
+    y values drawn."""
+    keys, drawn = [], [1.0]
     for s in summary:
         key = (s["treatment"], s["source_size"])
         if (s["model"], s["kind"]) == (arm["model"], arm["kind"]) and s["treatment"] in treatments and key not in keys:
@@ -58,7 +59,15 @@ def _plot_lines(ax, summary, rows, arm, treatments):
                  if (r["model"], r["kind"], r["treatment"], r["source_size"]) ==
                  (arm["model"], arm["kind"], treatment, size) and r["relative_accuracy"] is not None]
         ax.scatter(*zip(*seeds), color=color, s=10, alpha=0.45, zorder=3)
-    return bool(keys)
+        drawn += [m + sign * (sd or 0.0) for m, sd in zip(means, stds) for sign in (-1, 1)] + [v for _, v in seeds]
+    return drawn
+
+
+def _shared_ylim(ax, drawn):
+    """One y range for all panels, spanning at least 0.9..1.02 so that small differences look small."""
+    low, high = min(min(drawn), 0.9), max(max(drawn), 1.02)
+    pad = 0.04 * (high - low)
+    ax.set_ylim(low - pad, high + pad)
 
 
 def _finish(ax, arm, xlabel):
@@ -67,6 +76,7 @@ def _finish(ax, arm, xlabel):
     ax.set_xlim(0.5, arm["layers"] + 0.5)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("relative accuracy (top-1 / baseB)")
+    ax.yaxis.set_tick_params(labelleft=True)
     ax.set_title(arm_title(arm), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -80,9 +90,11 @@ def relative_accuracy_figure(rows, summary, arms, path):
     if not shown:
         return None
     fig, axes = _new_figure(len(shown))
+    drawn = []
     for ax, arm in zip(axes, shown):
-        _plot_lines(ax, summary, rows, arm, treatments)
+        drawn += _plot_lines(ax, summary, rows, arm, treatments)
         _finish(ax, arm, "n: layers 1..n transferred")
+    _shared_ylim(axes[0], drawn)
     fig.suptitle("Transfer: relative accuracy vs depth n (mean +- std over seeds)")
     fig.savefig(path, dpi=110)
     return path
@@ -95,9 +107,11 @@ def reversed_figure(rows, summary, arms, path):
     if not shown:
         return None
     fig, axes = _new_figure(len(shown))
+    drawn = []
     for ax, arm in zip(axes, shown):
-        _plot_lines(ax, summary, rows, arm, ("reversed", "AnB"))
+        drawn += _plot_lines(ax, summary, rows, arm, ("reversed", "AnB"))
         _finish(ax, arm, "n: reversed = layers n..L frozen, AnB = layers 1..n frozen")
+    _shared_ylim(axes[0], drawn)
     fig.suptitle("Reversed freezing: relative accuracy vs n (mean +- std over seeds)")
     fig.savefig(path, dpi=110)
     return path

@@ -1,11 +1,13 @@
 """report.md of a sweep: what was compared, progress, base accuracies, relative-accuracy tables (mean +- std
 over seeds), the figures, and a summary computed from the tables."""
 
+import inspect
 import os
 import uuid
 
 from mk_keras.experiments import plots, results
 from mk_keras.experiments.treatments import TREATMENTS
+from mk_keras.training import train
 
 
 def _fmt(mean, std, digits=3):
@@ -35,8 +37,12 @@ def _dataset_line(output_dir, rows, side, spec):
 
 
 def _settings(train_args):
-    shown = {k: v for k, v in train_args.items() if k != "verbose" and v is not None}
-    return ", ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "the defaults of mk_keras.training.train"
+    """The `train_args` that differ from `train`'s defaults, as 'k=v, ...'."""
+    defaults = {k: p.default for k, p in inspect.signature(train).parameters.items()}
+    shown = {k: v for k, v in train_args.items() if k != "verbose" and k in defaults and v != defaults[k]
+             and not (isinstance(v, list) and tuple(v) == defaults[k])}
+    text = ", ".join(f"{k}={v}" for k, v in sorted(shown.items()))
+    return (text + "; the rest" if text else "all") + " as the defaults of `mk_keras.training.train`"
 
 
 def _findings(summary, arms):
@@ -99,7 +105,7 @@ def render(output_dir, definition, rows, summary, figures):
         f"- **Seeds:** {', '.join(map(str, seeds))} (± = sample standard deviation over seeds)",
         f"- **Training, every run:** {_settings(config['train_args'])}",
         f"- **Progress:** {len(rows)} of {len(planned)} planned runs have results ({len(done)} finished, "
-        f"{len(failed)} failed); summed training time {train_min:.1f} min.",
+        f"{len(failed)} failed); summed training time (fit, as `train` reports it) {train_min:.1f} min.",
     ]
     if missing:
         out.append(f"- **No result yet:** {', '.join(missing[:10])}{' …' if len(missing) > 10 else ''} "
@@ -147,6 +153,9 @@ def render(output_dir, definition, rows, summary, figures):
     findings = _findings(summary, arms)
     if findings:
         out += ["## Summary (computed from the tables above)", "", *findings, ""]
+        if max(s["seeds"] for s in summary) == 1:
+            out += ["One seed per run: differences of a few per cent can be seed noise; run more seeds "
+                    "(`--seeds=0,1,2`) for ± estimates.", ""]
         bars = plots.retention(summary, arms)
         if bars:
             out += ["Retention at the deepest n: " + "; ".join(

@@ -366,13 +366,12 @@ class _Runner:
         self.flags_text, self.log, self.poll_s, self.stale = flags_text, log, poll_s, lock_stale_s
         self.by_id = {r.run_id: r for r in the_plan.runs}
 
-    def _line(self, label, run, row, note=""):
+    def _line(self, label, run, row, note="", secs=None):
         if row["status"] == "finished":
             rel = self._relative(run, row)
             what = f"top-1 {row['top1']:.4f}" + (f"  rel {rel:.3f}" if rel is not None else "")
         else:
             what = f"{row['status']}: {row.get('error')}"
-        secs = row.get("wall_time_s")
         self.log(f"[{label}] {describe(run)}  {what}" + (f"  {secs:.0f} s" if secs is not None else "") + note)
 
     def _relative(self, run, row):
@@ -405,11 +404,12 @@ class _Runner:
                 return row
             lock = locks.Lock(path)
             if lock.acquire():
+                start = time.time()
                 try:
                     row = results.read_result(self.out, run.run_id) or self._train(run)
                 finally:
                     lock.release()
-                self._line(label, run, row)
+                self._line(label, run, row, secs=time.time() - start)
                 return row
             if not locks.break_if_stale(path, self.stale):
                 if not waiting:
@@ -420,7 +420,6 @@ class _Runner:
     def _train(self, run):
         kwargs = train_kwargs(run, self.plan.config, self.out)
         prev = results.read_metrics(kwargs["run_dir"])
-        start = time.time()
         if prev is not None and prev.get("status") == "finished":
             metrics = prev  # killed after training, before the result file was written
         else:
@@ -431,7 +430,6 @@ class _Runner:
                 metrics = self.train_fn(**kwargs, flags_text=text)
             except TrainingFailed as e:
                 metrics = {**(results.read_metrics(kwargs["run_dir"]) or {}), "status": "failed", "error": str(e)}
-        metrics.setdefault("wall_time_s", time.time() - start)
         row = results.make_row(self.plan.config, run, metrics)
         results.write_result(self.out, row)
         return row

@@ -1,5 +1,6 @@
 """mk-sweep in-process: one-line usage errors (exit 2), stored flags, --dry_run, --merge_only."""
 
+import glob
 import os
 
 import pytest
@@ -7,6 +8,7 @@ from sweep_helpers import FakeTrain
 
 from mk_keras.cli import sweep as cli
 
+FLAGS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "flags")
 BASE = ["mk-sweep", "--classes_a=fashion_garments", "--classes_b=fashion_accessories",
         "--models=convnext_micro_cifar,resnet10_cifar", "--depths=1,5", "--epochs=1"]
 
@@ -54,3 +56,10 @@ def test_run_stores_flags_dry_run_and_merge_only(tmp_path, capsys):
 def test_merge_only_without_a_sweep_is_a_usage_error(tmp_path, capsys):
     assert cli.main(["mk-sweep", f"--output_dir={tmp_path}", "--merge_only"]) == 2
     assert "holds no sweep.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", sorted(glob.glob(os.path.join(FLAGS_DIR, "paper", "*.flags")))
+                         + [os.path.join(FLAGS_DIR, "quickstart.flags")])
+def test_presets_plan(preset, capsys):
+    assert cli.main(["mk-sweep", f"--flagfile={preset}", "--dry_run"]) == 0, capsys.readouterr().err
+    assert "runs planned" in capsys.readouterr().out
