@@ -129,3 +129,11 @@ def test_mk_tune_writes_a_flagfile_mk_train_accepts(tmp_path, capsys):
     assert fv.lr == summary["best"]["lr"] and lo <= fv.lr <= hi
     assert fv.weight_decay == summary["best"]["weight_decay"]
     assert fv.label_smoothing == summary["best"]["label_smoothing"]
+
+
+@pytest.mark.parametrize("binary, preset", [(train, "train_small"), (transfer, "transfer_small"), (tune, "tune_small")])
+def test_presets_parse(binary, preset):
+    fv = flags.FlagValues()
+    binary.define_flags(fv)
+    fv([binary.PROG, f"--flagfile=flags/{preset}.flags"])
+    assert fv.run_dir.startswith("runs/small/") and fv.dataset == "fashion_mnist"

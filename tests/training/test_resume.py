@@ -114,7 +114,7 @@ def test_nan_loss_fails_the_run(tmp_path):
         return {}
 
     with pytest.raises(TrainingFailed, match="NaN or infinite at step 1"):
-        train(dataset="digits", max_per_class=4, eval_max_per_class=2, batch_size=8, epochs=1,
+        train(dataset="digits", max_per_class=4, eval_max_per_class=2, batch_size=8, epochs=1, eval_every=0,
               steps_per_execution=1, run_dir=str(tmp_path), init_hook=poison, verbose=0)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "NaN" in metrics["error"]
