@@ -30,7 +30,7 @@ def AlexNet(convs, fc, first_padding="valid", num_classes=1000, input_shape=(227
         x = keras.layers.Dense(fc, activation="relu", name=f"fc{i}")(x)
         x = keras.layers.Dropout(dropout, name=f"drop{i}")(x)
     if include_top:
-        x = keras.layers.Dense(num_classes, name="head_dense")(x)
+        x = keras.layers.Dense(num_classes, dtype="float32", name="head_dense")(x)
     return keras.Model(inputs, x, name=name)
 
 

@@ -76,7 +76,7 @@ def ConvNeXt(
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
     x = keras.layers.LayerNormalization(epsilon=1e-6, name="head_norm")(x)
     if include_top:
-        x = keras.layers.Dense(num_classes, name="head_dense")(x)
+        x = keras.layers.Dense(num_classes, dtype="float32", name="head_dense")(x)
     return keras.Model(inputs, x, name=name)
 
 

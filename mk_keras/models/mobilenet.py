@@ -74,7 +74,7 @@ def MobileNetV2(
     x = _conv_bn_relu(x, last, 1, 1, "head_conv")
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
     if include_top:
-        x = keras.layers.Dense(num_classes, name="head_dense")(x)
+        x = keras.layers.Dense(num_classes, dtype="float32", name="head_dense")(x)
     return keras.Model(inputs, x, name=name)
 
 

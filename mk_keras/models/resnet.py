@@ -83,7 +83,7 @@ def ResNet(
             x = block_fn(x, width, strides, f"stage{s}_block{b}")
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
     if include_top:
-        x = keras.layers.Dense(num_classes, name="head_dense")(x)
+        x = keras.layers.Dense(num_classes, dtype="float32", name="head_dense")(x)
     return keras.Model(inputs, x, name=name)
 
 

@@ -94,3 +94,14 @@ def test_forward_pass_and_config_round_trip():
     out, out_clone = keras.ops.convert_to_numpy(model(x)), keras.ops.convert_to_numpy(clone(x))
     assert out.shape == (2, 5)
     assert (abs(out - out_clone) < 1e-5).all()
+
+
+@pytest.mark.parametrize("name", ["convnext_micro_cifar", "resnet10_cifar", "mobilenetv2_cifar", "alexnet_cifar"])
+def test_logits_stay_float32_under_mixed_precision(name):
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = mk_keras.create_model(name, num_classes=3)
+        assert keras.backend.standardize_dtype(model.output.dtype) == "float32"
+        assert model.layers[-2].compute_dtype == "bfloat16"
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
