@@ -138,31 +138,35 @@ def retention(summary, arms):
 
 
 def retention_figure(summary, arms, path):
-    """Bars: relative accuracy at the deepest n, grouped by model (arm), one bar per treatment."""
+    """Bars: relative accuracy at the deepest n, grouped by model (arm), one bar per treatment, each labelled
+    with its value and n. The y axis starts near the lowest bar (never above 0.9) so that differences show."""
     bars = retention(summary, arms)
     if not bars:
         return None
     arm_names = list(dict.fromkeys(f"{b[0]['model']}\n{b[0]['kind']}" for b in bars))
     labels = list(dict.fromkeys(b[1] for b in bars))
     width = 0.8 / len(labels)
-    fig = Figure(figsize=(max(5.0, 1.6 * len(arm_names) * max(1, len(labels) / 2)), 4.2), layout="constrained")
+    fig = Figure(figsize=(max(7.0, 1.4 * len(arm_names) * max(1, len(labels) / 2) + 2), 4.2),
+                 layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
+    low = min(0.9, min(b[3] - (b[4] or 0) for b in bars) - 0.03)
+    high = max(1.03, max(b[3] + (b[4] or 0) for b in bars) + 0.03)
     labelled, sized = set(), any(" (A: " in label for label in labels)
     for arm, label, n, mean, std in bars:
         j = labels.index(label)
         color = f"C{j}" if sized else _COLORS.get(label, f"C{j}")
         x = arm_names.index(f"{arm['model']}\n{arm['kind']}") - 0.4 + width * (j + 0.5)
-        ax.bar(x, mean, width * 0.9, yerr=std or 0.0, capsize=3, color=color,
+        ax.bar(x, mean - low, width * 0.9, bottom=low, yerr=std, capsize=3, color=color,
                label=None if label in labelled else label)
         labelled.add(label)
-        ax.text(x, 0.02, f"n={n}", ha="center", va="bottom", fontsize=7, color="white")
+        ax.text(x, mean + (std or 0), f"{mean:.3f}", ha="center", va="bottom", fontsize=7)
+        ax.text(x, low, f"n={n}", ha="center", va="bottom", fontsize=7, color="white")
     _baseline(ax)
     ax.set_xticks(range(len(arm_names)), arm_names, fontsize=8)
-    top = max(1.05, max(b[3] + (b[4] or 0) for b in bars) + 0.08)
-    ax.set_ylim(0, top)
+    ax.set_ylim(low, high)
     ax.set_ylabel("relative accuracy (top-1 / baseB)")
-    ax.set_title("Retention: relative accuracy with the deepest n layers transferred")
+    ax.set_title("Retention: relative accuracy with the deepest n layers transferred", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.savefig(path, dpi=110)
