@@ -32,7 +32,7 @@ def _dataset_line(output_dir, rows, side, spec):
     sizes = f"; {info['num_examples']} training images" + (
         f", {evaluated['num_examples']} test images" if evaluated.get("num_examples") else "")
     if base["source_size"]:
-        sizes += " (baseA of the smallest source size)"
+        sizes += f" with {base['source_size']} per class (source sizes vary)"
     return f"`{spec}` ({info['num_classes']} classes: {', '.join(info['class_names'])}{sizes})"
 
 

@@ -183,7 +183,7 @@ def resolve_depths(tokens, layers, what):
         text = str(token).strip()
         if text == "all":
             out.update(range(1, layers + 1))
-        elif text.startswith("spread:") and text[7:].isdigit() and int(text[7:]) >= 1:
+        elif text.startswith("spread:") and text[7:].isdigit() and int(text[7:]) >= 2:
             count = int(text[7:])
             out.update(int(round(x)) for x in np.linspace(1, layers, min(count, layers)))
         elif text.lstrip("-").isdigit():
@@ -192,7 +192,7 @@ def resolve_depths(tokens, layers, what):
                 raise ValueError(f"depth n={n} is out of range for {what}: allowed 1..{layers}")
             out.add(n)
         else:
-            raise ValueError(f"depth {token!r} is not an integer, 'all' or 'spread:K'")
+            raise ValueError(f"depth {token!r} is not an integer, 'all' or 'spread:K' (K >= 2)")
     return tuple(sorted(out))
 
 
@@ -265,6 +265,8 @@ def plan(config):
                                                           "source_sizes")}
     config = dataclasses.replace(config, **lists, train_args=dict(config.train_args or {}))
     _check_config(config)
+    config.seeds = [int(s) for s in config.seeds]
+    config.source_sizes = [int(s) for s in config.source_sizes]
     kinds = config.kinds * len(config.models) if len(config.kinds) == 1 else config.kinds
     arms = []
     for model, kind in dict.fromkeys(zip(config.models, kinds)):
