@@ -26,7 +26,6 @@ import dataclasses
 import functools
 import json
 import os
-import sys
 import time
 
 import numpy as np
@@ -36,7 +35,6 @@ from mk_keras.experiments.treatments import BASES, TREATMENTS
 from mk_keras.filters import FILTER_KINDS
 from mk_keras.models import create_model, model_family
 from mk_keras.training import TrainingFailed, train
-
 
 KINDS = (*FILTER_KINDS, "auto")
 # Keyword arguments of `train` that the sweep sets per run; they cannot be given in `train_args`.
@@ -470,7 +468,6 @@ def run_sweep(config, output_dir, *, shard_index=0, num_shards=1, train_fn=None,
         runner.ensure(run, f"{i}/{len(mine)}")
     rows = results.merge(output_dir, poll_s=poll_s, lock_stale_s=lock_stale_s)
     done = sum(r["status"] == "finished" for r in rows)
-    log(f"sweep {the_plan.config.name!r}:{shard} {done}/{len(the_plan.runs)} runs finished, {time.time() - start:.0f} s; "
-        f"report: {os.path.join(output_dir, 'report.md')}")
-    sys.stdout.flush()
+    log(f"sweep {the_plan.config.name!r}:{shard} {done}/{len(the_plan.runs)} runs finished, "
+        f"{time.time() - start:.0f} s; report: {os.path.join(output_dir, 'report.md')}")
     return rows

@@ -33,7 +33,8 @@ def test_run_stores_flags_dry_run_and_merge_only(tmp_path, capsys):
     out = str(tmp_path / "s")
     assert cli.main([*BASE, f"--output_dir={out}", "--dry_run", "--num_shards=3"]) == 0
     printed = capsys.readouterr().out
-    assert "12 runs planned" in printed and "   4 shard 1  convnext_micro_cifar-depthwise-AnB-n1-s0  <- convnext_micro_cifar-baseA-s0" in printed
+    assert "12 runs planned" in printed
+    assert "   4 shard 1  convnext_micro_cifar-depthwise-AnB-n1-s0  <- convnext_micro_cifar-baseA-s0" in printed
     assert not os.path.exists(out)
 
     fake = FakeTrain()
