@@ -71,18 +71,22 @@ def _leaf_layers(model):
 
 
 def frozen_kernels(model):
-    """`(layer name, variable)` for every kernel of every frozen (`trainable=False`) layer, in forward order."""
+    """`(layer name, variable)` for every kernel of every frozen (`trainable=False`) layer, and every kernel
+    frozen at the variable level in a trainable layer (a `MasterKeyDepthwiseConv2D`'s master keys), in
+    forward order."""
     return [
         (layer.name, w)
         for layer in _leaf_layers(model)
-        if not layer.trainable
-        for w in layer.weights
+        for w in layer.non_trainable_weights
         if w.name.endswith("kernel")
     ]
 
 
 def _frozen_layer_names(model):
-    return [layer.name for layer in _leaf_layers(model) if not layer.trainable and layer.weights]
+    """Frozen layers and layers with a frozen kernel, in forward order."""
+    frozen = {name for name, _ in frozen_kernels(model)}
+    return [layer.name for layer in _leaf_layers(model)
+            if layer.weights and (not layer.trainable or layer.name in frozen)]
 
 
 def _kernel_records(model):
@@ -186,8 +190,9 @@ def export_saved_model(model_or_run_dir, path=None, overwrite=False, class_names
         refused unless `overwrite`; it is replaced only once the new export is complete.
       class_names, transfer: for a model or `.keras` file, the class names and the `TransferReport` (or its
         dict) to record; a run directory supplies both itself.
-    Frozen layers are the model's `trainable=False` layers; a model without any still exports, with
-    `"frozen_layers": []` in the metadata. Returns the export directory.
+    Frozen layers are the model's `trainable=False` layers and those with a frozen kernel variable (master
+    keys); a model without any still exports, with `"frozen_layers": []` in the metadata. Returns the export
+    directory.
     Raises FileNotFoundError / FileExistsError / ValueError (bad source, existing path, corrupt `.keras`,
     unfinished run, non-TensorFlow backend) before anything is written.
     """

@@ -133,6 +133,11 @@ class MasterKeyReport:
     reference: str | None
     entries: list
 
+    @property
+    def frozen_layers(self):
+        """Names of the layers whose kernels are now frozen master keys (every selected layer)."""
+        return [e.layer for e in self.entries]
+
     def to_dict(self):
         return {**dataclasses.asdict(self), "key_names": list(MASTER_KEY_NAMES)}
 

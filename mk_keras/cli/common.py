@@ -130,7 +130,8 @@ def report(prog, metrics):
     run_dir = metrics["config"]["run_dir"]
     frozen = metrics["frozen_layers"]
     transfer = metrics.get("transfer")
-    what = f"; {len(frozen)} frozen layers ({transfer['kind']} n={transfer['n']})" if transfer else ""
+    keys = ", master keys" if transfer and (transfer["source"] or {}).get("type") == "master_keys" else ""
+    what = f"; {len(frozen)} frozen layers ({transfer['kind']} n={transfer['n']}{keys})" if transfer else ""
     print(f"{prog}: {metrics['status']} {run_dir}: top1={metrics['top1']:.4f} top5={metrics['top5']:.4f} "
           f"loss={metrics['loss']:.4f} ({metrics['epochs_completed']} epochs, {metrics['wall_time_s']:.1f} s)"
           f"{what}")

@@ -4,9 +4,13 @@ freeze them (or not) and train on the target dataset.
     mk-transfer --flagfile=flags/transfer_small.flags --n=3
     mk-transfer --source=runs/base_garments --dataset=fashion_mnist --classes=fashion_accessories \
         --n=3 --kind=depthwise --run_dir=runs/garments3accessories
+    mk-transfer --source=master_keys --model=convnext_micro_cifar --n=3 --classes=fashion_accessories \
+        --run_dir=runs/master_keys_n3 [--master_key_reference=runs/base_garments]
 
 --source is a trained model (.keras) or a run directory; --model defaults to the source's architecture;
-cross-architecture transfers map kernels with --kernel_map and channels with --channel_map. The run
+cross-architecture transfers map kernels with --kernel_map and channels with --channel_map.
+--source=master_keys gives the first (last) n depthwise layers of --model frozen master-key kernels with a
+trainable per-channel shift, fitted to --master_key_reference's filters when given, else round-robin. The run
 directory also holds transfer_report.json.
 """
 
@@ -25,10 +29,15 @@ PROG = "mk-transfer"
 def define_flags(fv):
     """Define mk-transfer's flags on `fv`; returns their names."""
     from mk_keras.filters import FILTER_KINDS
+    from mk_keras.training import MASTER_KEYS
     from mk_keras.transfer import CHANNEL_MAPS, KERNEL_MAPS, ORDERS
 
     names = common.define_training_flags(fv, model_default=None)
-    flags.DEFINE_string("source", None, "Trained source: a .keras file or a run directory.", flag_values=fv)
+    flags.DEFINE_string("source", None, f"Trained source: a .keras file or a run directory; or {MASTER_KEYS} "
+                        "(frozen master-key filters; needs --model).", flag_values=fv)
+    flags.DEFINE_string("master_key_reference", None, f"With --source={MASTER_KEYS}: fit each channel's key to "
+                        "this trained model's filters (.keras file or run directory); default round-robin.",
+                        flag_values=fv)
     flags.DEFINE_integer("n", 0, "Number of filter layers to copy.", lower_bound=0, flag_values=fv)
     flags.DEFINE_enum("kind", "depthwise", FILTER_KINDS, "Filter kind to transfer.", flag_values=fv)
     flags.DEFINE_enum("order", "first", ORDERS, "first: layers 1..n (AnB); last: the last n (reversed).",
@@ -42,11 +51,17 @@ def define_flags(fv):
     flags.DEFINE_boolean("freeze_following_norm", False, "Also copy and freeze the norm after each frozen layer.",
                          flag_values=fv)
     flags.mark_flag_as_required("source", flag_values=fv)
-    return [*names, "source", "n", "kind", "order", "freeze", "kernel_map", "channel_map", "freeze_following_norm"]
+    return [*names, "source", "master_key_reference", "n", "kind", "order", "freeze", "kernel_map", "channel_map",
+            "freeze_following_norm"]
 
 
 def source_model_name(source):
     """The architecture (registered model name) stored in a `.keras` file or a run directory's model.keras."""
+    from mk_keras.training import MASTER_KEYS
+
+    if source == MASTER_KEYS:
+        raise ValueError(f"--source={MASTER_KEYS} needs --model (there is no source architecture); allowed: a "
+                         "registered model with depthwise layers, e.g. convnext_micro_cifar")
     if not os.path.exists(source):
         raise FileNotFoundError(f"source {source!r} does not exist; pass a .keras file or a run directory")
     path = os.path.join(source, "model.keras") if os.path.isdir(source) else source

@@ -12,11 +12,12 @@ from mk_keras.training.recipe import (
     precision_policy,
     resolve_jit_compile,
 )
-from mk_keras.training.run import TrainingFailed, train
+from mk_keras.training.run import MASTER_KEYS, TrainingFailed, train
 
 __all__ = [
     "DISTRIBUTIONS",
     "LR_SCALINGS",
+    "MASTER_KEYS",
     "Distribution",
     "TrainingFailed",
     "compile_model",

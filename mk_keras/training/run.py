@@ -24,6 +24,7 @@ import time
 import keras
 import numpy as np
 
+from mk_keras.analysis.master_keys import assign_master_keys
 from mk_keras.filters import FILTER_KINDS
 from mk_keras.models import create_model, list_models, model_family
 from mk_keras.training import checkpoint, recipe
@@ -33,6 +34,8 @@ from mk_keras.transfer import ORDERS, freeze_filters, transfer_filters
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
+# `train(source=MASTER_KEYS)`: frozen master-key filters instead of filters copied from a trained source.
+MASTER_KEYS = "master_keys"
 _ARTIFACTS = ("metrics.json", "config.json", "flags.txt", "transfer_report.json", "model.keras",
               "tensorboard", CHECKPOINT_DIR)
 # Settings a resumed run may change: run management, where data live, how steps are executed and distributed.
@@ -65,6 +68,10 @@ def _describe_source(source):
     if isinstance(source, os.PathLike):
         return os.fspath(source)
     return f"<keras.Model {source.name}>"
+
+
+def _is_master_keys(source):
+    return isinstance(source, str) and source == MASTER_KEYS
 
 
 def _load_source(source):
@@ -125,13 +132,32 @@ def _validate(cfg):
     if cfg["n"] and cfg["source"] is None and not cfg["freeze"]:
         raise ValueError("n>0 without a source only freezes layers in place (random-frozen control); it needs "
                          "freeze=True")
-    if cfg["source"] is not None and not isinstance(cfg["source"], keras.Model):
-        path = os.fspath(cfg["source"])
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"source {path!r} does not exist; pass a .keras file or a run directory")
+    if _is_master_keys(cfg["source"]):
+        _validate_master_keys(cfg)
+    elif cfg["master_key_reference"] is not None:
+        raise ValueError(f"master_key_reference is set but source={_describe_source(cfg['source'])!r}; it needs "
+                         f"source={MASTER_KEYS!r}")
+    for key in ("source", "master_key_reference"):
+        if cfg[key] is not None and not isinstance(cfg[key], keras.Model) and not _is_master_keys(cfg[key]):
+            path = os.fspath(cfg[key])
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"{key} {path!r} does not exist; pass a .keras file or a run directory")
     recipe.policy_name(cfg["mixed_precision"])
     if cfg["image_size"] is not None and (len(cfg["image_size"]) != 2 or min(cfg["image_size"]) < 8):
         raise ValueError(f"image_size={cfg['image_size']!r} must be (height, width), each >= 8")
+
+
+def _validate_master_keys(cfg):
+    if cfg["kind"] != "depthwise":
+        raise ValueError(f"kind={cfg['kind']!r} with source={MASTER_KEYS!r}; allowed: depthwise")
+    if not cfg["n"]:
+        raise ValueError(f"n=0 with source={MASTER_KEYS!r}; allowed: 1..number of depthwise layers")
+    if not cfg["freeze"]:
+        raise ValueError(f"freeze=False with source={MASTER_KEYS!r}: the keys are always frozen (their per-channel "
+                         "shifts train); allowed: freeze=True")
+    for key in ("kernel_map", "channel_map", "freeze_following_norm"):
+        if cfg[key]:
+            raise ValueError(f"{key}={cfg[key]!r} does not apply to source={MASTER_KEYS!r}; leave it unset")
 
 
 def _inspect_run_dir(run_dir, overwrite, cfg):
@@ -197,8 +223,20 @@ def _param_counts(model, frozen_layers):
         "total": size(model.weights),
         "trainable": size(model.trainable_weights),
         "non_trainable": size(model.non_trainable_weights),
-        "frozen": size([w for name in frozen if name in by_name for w in by_name[name].weights]),
+        # all weights of a frozen layer; only the frozen variables (a master-key kernel) of a trainable one
+        "frozen": size([w for name in frozen if name in by_name for w in by_name[name].non_trainable_weights]),
     }
+
+
+def _transfer_summary(report, source_info, kind, n, order, freeze):
+    """metrics["transfer"]: what was copied or given master keys, and frozen; None without a report."""
+    if report is None:
+        return None
+    out = {"source": source_info, "kind": kind, "n": n, "order": order, "freeze": freeze}
+    if source_info is not None and source_info.get("type") == MASTER_KEYS:
+        return {**out, "layers": report.frozen_layers, "master_keys": [
+            {"layer": e.layer, "key_counts": e.key_counts, "mean_cosine": e.mean_cosine} for e in report.entries]}
+    return {**out, "layers": [e.target_layer for e in report.entries]}
 
 
 def _all_layers(model):
@@ -362,6 +400,7 @@ def train(
     kind="depthwise",
     order="first",
     freeze=True,
+    master_key_reference=None,
     kernel_map=None,
     channel_map=None,
     freeze_following_norm=False,
@@ -397,8 +436,14 @@ def train(
     Transfer: with `source` (keras.Model, `.keras` path or run directory) the first/last (`order`) `n`
     `kind` layers are copied by `mk_keras.transfer_filters` (`kernel_map`, `channel_map`,
     `freeze_following_norm`) and frozen when `freeze`; without `source`, `n > 0` freezes the model's own
-    (random) layers. `init_hook(model) -> dict` runs next, inside the strategy scope before compiling; its
-    dict is stored under "init_hook" in the metrics. `callbacks`: extra Keras callbacks for `fit`.
+    (random) layers. `source="master_keys"` (`MASTER_KEYS`; a run directory of that name: pass
+    "./master_keys") instead gives the first/last `n` depthwise layers frozen master-key kernels with a
+    trainable per-channel shift (`mk_keras.analysis.assign_master_keys(shift="kernel")`; needs kind
+    "depthwise", freeze True): each channel's key fitted to `master_key_reference` (keras.Model, `.keras`
+    path or run directory) when given, else round-robin; the `MasterKeyReport` goes to transfer_report.json,
+    its key counts to metrics["transfer"]["master_keys"]. `init_hook(model) -> dict` runs next, inside the
+    strategy scope before compiling; its dict is stored under "init_hook" in the metrics. `callbacks`: extra
+    Keras callbacks for `fit`.
 
     Run directory (`run_dir`, None: nothing written, no resume): a finished run is refused unless
     `overwrite`; an unfinished one with the same settings resumes from its last checkpoint
@@ -406,10 +451,10 @@ def train(
     verbosity (None: progress bar on a terminal, one line per epoch otherwise).
 
     Returns the metrics dict written to `run_dir/metrics.json`: "status", final test "top1"/"top5"/"loss",
-    per-epoch "epochs", "params" (total/trainable/non_trainable/frozen), "frozen_layers", "transfer",
-    "init_hook", "recipe", "dataset", "config", "wall_time_s". Raises `TrainingFailed` on a NaN loss
-    (status "failed"), `ValueError`/`FileNotFoundError`/`FileExistsError` on bad arguments before
-    anything is written.
+    per-epoch "epochs", "params" (total/trainable/non_trainable/frozen: the weights of frozen layers and the
+    frozen master-key kernels), "frozen_layers", "transfer", "init_hook", "recipe", "dataset", "config",
+    "wall_time_s". Raises `TrainingFailed` on a NaN loss (status "failed"), `ValueError`/`FileNotFoundError`/
+    `FileExistsError` on bad arguments before anything is written.
     """
     cfg = {k: v for k, v in locals().items() if k not in ("init_hook", "callbacks")}
     cfg["source"] = source
@@ -419,6 +464,7 @@ def train(
     cfg["image_size"] = None if image_size is None else tuple(int(x) for x in image_size)
     _validate(cfg)
     cfg["source"] = _describe_source(source)
+    cfg["master_key_reference"] = _describe_source(master_key_reference)
 
     from mk_keras import data  # TensorFlow-only (tf.data)
 
@@ -458,7 +504,12 @@ def train(
     total_steps = epochs * steps
     warmup_steps = int(round(warmup_epochs * steps))
     peak_lr = recipe.peak_learning_rate(lr, batch_size, lr_scaling)
-    source_model, source_info = _load_source(source) if source is not None else (None, None)
+    if _is_master_keys(source):
+        reference, reference_info = (_load_source(master_key_reference) if master_key_reference is not None
+                                     else (None, None))
+        source_model, source_info = None, {"type": MASTER_KEYS, "reference": reference_info}
+    else:
+        source_model, source_info = _load_source(source) if source is not None else (None, None)
 
     with dist.scope():
         with recipe.precision_policy(mixed_precision) as precision:  # layers take the policy when built
@@ -466,7 +517,9 @@ def train(
             shape = None if image_size is None else (*cfg["image_size"], 3)
             net = create_model(model, num_classes, input_shape=shape, **overrides)
             height, width, channels = net.input_shape[1:]
-            if source_model is not None:
+            if _is_master_keys(source):
+                net, report = assign_master_keys(net, n, reference=reference, order=order, shift="kernel")
+            elif source_model is not None:
                 report = transfer_filters(source_model, net, n, kind, order, freeze, True, kernel_map, channel_map,
                                           freeze_following_norm)
             elif n:
@@ -500,9 +553,7 @@ def train(
                        "distribution": dist.describe()},
             "params": _param_counts(net, frozen_layers),
             "frozen_layers": frozen_layers,
-            "transfer": None if report is None else {"source": source_info, "kind": kind, "n": n, "order": order,
-                                                     "freeze": freeze, "layers": [e.target_layer for e in
-                                                                                  report.entries]},
+            "transfer": _transfer_summary(report, source_info, kind, n, order, freeze),
             "init_hook": hook_result,
             "config": cfg,
         }
