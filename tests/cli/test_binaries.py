@@ -9,7 +9,9 @@ import pytest
 from absl import flags
 
 from mk_keras import filter_layers
+from mk_keras.analysis import MasterKeyDepthwiseConv2D, master_keys
 from mk_keras.cli import common, train, transfer, tune
+from mk_keras.cli import export as mk_export
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +87,36 @@ def test_mk_transfer_freezes_bit_identical_source_kernels(base_run, tmp_path, ca
     assert "--source=" in (run_dir / "flags.txt").read_text()
 
 
+def test_mk_transfer_master_keys_and_mk_export_verify(tmp_path, capsys):
+    run_dir = tmp_path / "master_keys_n3"
+    argv = ["mk-transfer", *TINY, "--classes=5,6,7,8,9", "--source=master_keys", "--model=convnext_micro_cifar",
+            "--n=3", f"--run_dir={run_dir}"]
+    assert transfer.main(argv) == 0
+    assert "3 frozen layers (depthwise n=3, master keys)" in capsys.readouterr().out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    frozen = ["stage1_block1_dwconv", "stage2_block1_dwconv", "stage3_block1_dwconv"]
+    assert metrics["frozen_layers"] == frozen and metrics["params"]["frozen"] == 7 * 7 * (24 + 48 + 96)
+    assert metrics["transfer"]["source"] == {"type": "master_keys", "reference": None}
+    layers = filter_layers(keras.saving.load_model(run_dir / "model.keras"))
+    keys = master_keys(7)
+    for f in layers[:3]:  # round-robin: channel c holds key c mod 8, unchanged by training
+        assert isinstance(f.layer, MasterKeyDepthwiseConv2D)
+        kernel = keras.ops.convert_to_numpy(f.kernel)
+        for c in range(kernel.shape[2]):
+            np.testing.assert_array_equal(kernel[:, :, c, 0], keys[c % 8])
+        assert np.abs(keras.ops.convert_to_numpy(f.layer.shift)).max() > 0  # started at 0, trained
+    assert not any(isinstance(f.layer, MasterKeyDepthwiseConv2D) for f in layers[3:])
+    assert "--source=master_keys" in (run_dir / "flags.txt").read_text()
+
+    assert mk_export.main(["mk-export", f"--run_dir={run_dir}", f"--output={tmp_path / 'export'}", "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "frozen kernels: 3/3 bit-identical" in out
+    meta = json.loads((tmp_path / "export" / "mk_keras_metadata.json").read_text())
+    assert meta["frozen_layers"] == frozen
+    assert [k["variable"] for k in meta["frozen_kernels"]] == [f"{name}/kernel" for name in frozen]
+    assert meta["filter_source"]["type"] == "master_keys" and (meta["n"], meta["kind"]) == (3, "depthwise")
+
+
 @pytest.mark.parametrize(
     "binary, args, message",
     [
@@ -95,6 +127,11 @@ def test_mk_transfer_freezes_bit_identical_source_kernels(base_run, tmp_path, ca
         (transfer, ["--kind=diagonal"], "depthwise|pointwise|conv"),
         (transfer, ["--n=9"], "n=9 is out of range; allowed: 0..5"),
         (transfer, ["--source=/nonexistent/run"], "'/nonexistent/run' does not exist"),
+        (transfer, ["--source=master_keys", "--n=2"], "--source=master_keys needs --model"),
+        (transfer, ["--source=master_keys", "--model=resnet10_cifar", "--n=2", "--kind=conv"],
+         "kind='conv' with source='master_keys'; allowed: depthwise"),
+        (transfer, ["--source=master_keys", "--model=resnet10_cifar", "--n=2"],
+         "model 'resnet10_cifar' has no depthwise layers"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(binary, args, message, base_run, tmp_path, capsys):
