@@ -34,12 +34,12 @@ from mk_keras.experiments import locks, results
 from mk_keras.experiments.treatments import BASES, TREATMENTS
 from mk_keras.filters import FILTER_KINDS
 from mk_keras.models import create_model, model_family
-from mk_keras.training import TrainingFailed, train
+from mk_keras.training import MASTER_KEYS, TrainingFailed, train
 
 KINDS = (*FILTER_KINDS, "auto")
 # Keyword arguments of `train` that the sweep sets per run; they cannot be given in `train_args`.
 PER_RUN_ARGS = ("model", "dataset", "classes", "run_dir", "seed", "source", "n", "kind", "order", "freeze",
-                "kernel_map", "channel_map", "init_hook", "overwrite", "flags_text")
+                "master_key_reference", "kernel_map", "channel_map", "init_hook", "overwrite", "flags_text")
 # `train_args` that do not change what a run computes: may differ when a sweep is resumed.
 _UNCOMPARED_TRAIN_ARGS = ("verbose", "checkpoint_every")
 
@@ -284,6 +284,10 @@ def plan(config):
             cross = resolve_depths(config.depths, shared, f"{config.cross_source} -> {model} ({shared} {kind} "
                                    "layers in both)")
         arms.append(Arm(model, kind, layers, depths, cross))
+    keyed = [t for t in config.treatments if TREATMENTS[t].master_keys]
+    if keyed and not any(a.kind == "depthwise" for a in arms):
+        raise ValueError(f"treatment {keyed[0]!r} needs a model with kind depthwise; the models have "
+                         f"{', '.join(f'{a.model} ({a.kind})' for a in arms)}")
 
     sizes = config.source_sizes or [None]
     transfers = [TREATMENTS[t] for t in dict.fromkeys(config.treatments) if not TREATMENTS[t].is_base]
@@ -299,6 +303,8 @@ def plan(config):
                 runs.append(Run(_run_id(model, "baseB", seed), model, "baseB", seed))
         for arm in arms:
             for t in transfers:
+                if t.master_keys and arm.kind != "depthwise":
+                    continue  # master keys are depthwise filters
                 for size in sizes if t.source in ("A", "cross") else [None]:
                     source_model = config.cross_source if t.source == "cross" else arm.model
                     source = _run_id(source_model, BASES[t.source], seed, size=size) if t.source else None
@@ -319,7 +325,11 @@ def train_kwargs(run, config, output_dir):
         kwargs["max_per_class"] = run.source_size
     if t.uses_n:
         kwargs.update(kind=run.kind, n=run.train_n, order=t.order, freeze=t.freeze)
-        if run.source:
+        if t.master_keys:
+            kwargs["source"] = MASTER_KEYS
+            if run.source:
+                kwargs["master_key_reference"] = results.run_dir(output_dir, run.source)
+        elif run.source:
             kwargs["source"] = results.run_dir(output_dir, run.source)
         if t.source == "cross":
             kwargs.update(kernel_map=config.cross_kernel_map, channel_map=config.cross_channel_map)

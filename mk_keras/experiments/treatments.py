@@ -1,8 +1,7 @@
 """The treatment table of transfer sweeps (Yosinski et al. 2014 notation: AnB = n layers from A, trained on B).
 
 Adding a treatment is one `Treatment(...)` row here; a treatment that needs something `train` does not do
-by itself (e.g. frozen master-key filters through `init_hook`) also needs a line in
-`mk_keras.experiments.sweep.train_kwargs`.
+by itself (e.g. an `init_hook`) also needs a line in `mk_keras.experiments.sweep.train_kwargs`.
 """
 
 import dataclasses
@@ -14,7 +13,9 @@ class Treatment:
 
     data: the dataset the run trains on ("A" or "B"). source: where copied filters come from: None (no
     copy), "A" / "B" (the base model of this model and seed), "cross" (base A of `cross_source`).
-    uses_n: whether the run has a transfer depth n. order / freeze: passed to `train`.
+    uses_n: whether the run has a transfer depth n. order / freeze: passed to `train`. master_keys: the n
+    layers get frozen master-key kernels (`train(source="master_keys")`, depthwise arms only), fitted to the
+    filters of the `source` base when it is set, else round-robin.
     """
 
     name: str
@@ -24,6 +25,7 @@ class Treatment:
     uses_n: bool = True
     order: str = "first"
     freeze: bool = True
+    master_keys: bool = False
 
     @property
     def is_base(self):
@@ -46,5 +48,9 @@ TREATMENTS = {t.name: t for t in (
               "on B (control)", "B"),
     Treatment("cross", "layers 1..n copied from baseA of --cross_source (another architecture, kernels and "
               "channels mapped) and frozen; the rest trained on B", "B", "cross"),
+    Treatment("master_keys", "layers 1..n given frozen master-key kernels (round-robin over channels) with a "
+              "trainable per-channel shift; the rest trained on B (depthwise only)", "B", master_keys=True),
+    Treatment("master_keys_fit", "as master_keys, each channel's key and sign fitted to baseA's filter, the shift "
+              "starting at the fit's offset (depthwise only)", "B", "A", master_keys=True),
 )}
 BASES = {"A": "baseA", "B": "baseB", "cross": "baseA"}

@@ -27,6 +27,8 @@ class FakeTrain:
         key = "|".join(str(kw.get(k)) for k in ("model", "dataset", "classes", "n", "order", "freeze", "seed",
                                                  "max_per_class", "kernel_map"))
         key += "|" + os.path.basename(str(kw.get("source")))
+        if kw.get("master_key_reference"):
+            key += "|" + os.path.basename(kw["master_key_reference"])
         return 0.5 + (zlib.crc32(key.encode()) % 500) / 1000
 
     def __call__(self, **kw):
@@ -35,8 +37,9 @@ class FakeTrain:
             count = len(self.calls)
         run_dir, name = kw["run_dir"], os.path.basename(kw["run_dir"])
         os.makedirs(run_dir, exist_ok=True)
-        if kw.get("source") is not None:
-            assert json.load(open(os.path.join(kw["source"], "metrics.json")))["status"] == "finished"
+        for key in ("source", "master_key_reference"):
+            if kw.get(key) not in (None, "master_keys"):
+                assert json.load(open(os.path.join(kw[key], "metrics.json")))["status"] == "finished"
         if name in self.fail:
             self._write(run_dir, {"status": "failed", "error": "loss became NaN"})
             raise TrainingFailed("loss became NaN at step 3")
