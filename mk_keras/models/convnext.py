@@ -9,7 +9,7 @@ keras.applications), which `filter_layers(model, "pointwise")` counts.
 
 import keras
 
-from mk_keras.models.layers import GlobalResponseNormalization, LayerScale, StochasticDepth, preprocessing
+from mk_keras.models.layers import GlobalResponseNormalization, LayerScale, StochasticDepth, gelu, preprocessing
 from mk_keras.models.registry import register_model
 
 MODEL_CONFIGS = {
@@ -31,7 +31,7 @@ def convnext_block(x, dim, name, version=1, drop_path_rate=0.0, layer_scale_init
     x = keras.layers.DepthwiseConv2D(kernel_size, padding="same", name=f"{name}_dwconv")(x)
     x = keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_norm")(x)
     x = keras.layers.Dense(4 * dim, name=f"{name}_pwconv1")(x)
-    x = keras.layers.Activation("gelu", name=f"{name}_gelu")(x)
+    x = keras.layers.Activation(gelu, name=f"{name}_gelu")(x)
     if version == 2:
         x = GlobalResponseNormalization(name=f"{name}_grn")(x)
     x = keras.layers.Dense(dim, name=f"{name}_pwconv2")(x)
