@@ -45,6 +45,15 @@ def _settings(train_args):
     return (text + "; the rest" if text else "all") + " as the defaults of `mk_keras.training.train`"
 
 
+def _frozen_share(entry):
+    """'; 22,800 of 590,812 weights frozen (3.9%)' for a summary entry, or '' without counts."""
+    frozen, trainable = entry.get("frozen_params"), entry.get("trainable_params")
+    if not frozen or trainable is None:
+        return ""
+    total = frozen + trainable
+    return f"; {frozen:,} of {total:,} weights frozen ({100 * frozen / total:.1f}%)"
+
+
 def _findings(summary, arms):
     lines = []
     for arm in arms:
@@ -59,15 +68,31 @@ def _findings(summary, arms):
                 high = max(pts, key=lambda s: s["relative_accuracy"])
                 deep = max(pts, key=lambda s: s["n"])
                 what = "layers n..L frozen" if treatment == "reversed" else "layers 1..n"
+                share = _frozen_share(deep)
                 lines.append(
                     f"- {arm['model']} ({arm['kind']}), {plots.line_label(treatment, size)}: relative accuracy "
                     f"{low['relative_accuracy']:.3f} (n={low['n']}) to {high['relative_accuracy']:.3f} "
                     f"(n={high['n']}) over n = {', '.join(str(s['n']) for s in sorted(pts, key=lambda s: s['n']))} "
                     f"({what}); at the deepest n={deep['n']}: "
                     f"{_fmt(deep['relative_accuracy'], deep['relative_accuracy_std'])} ({deep['seeds']} seed"
-                    f"{'s' if deep['seeds'] != 1 else ''})."
+                    f"{'s' if deep['seeds'] != 1 else ''}{share})."
                 )
     return lines
+
+
+def _gaps(summary, arms):
+    """'AnB - BnB' of relative accuracy at the deepest n both have, per arm: the loss due to A's filters
+    beyond what freezing B's own filters costs (Yosinski et al.'s specificity)."""
+    out = []
+    for arm in arms:
+        pts = {(s["treatment"], s["n"]): s["relative_accuracy"] for s in summary
+               if (s["model"], s["kind"]) == (arm["model"], arm["kind"]) and s["source_size"] is None
+               and s["relative_accuracy"] is not None}
+        shared = [n for (t, n) in pts if t == "AnB" and ("BnB", n) in pts]
+        if shared:
+            n = max(shared)
+            out.append(f"{arm['model']} ({arm['kind']}) n={n}: {pts[('AnB', n)] - pts[('BnB', n)]:+.3f}")
+    return out
 
 
 def render(output_dir, definition, rows, summary, figures):
@@ -161,6 +186,10 @@ def render(output_dir, definition, rows, summary, figures):
             out += ["Retention at the deepest n: " + "; ".join(
                 f"{arm['model']} ({arm['kind']}) {label} n={n}: {_fmt(mean, std)}" for arm, label, n, mean, std in bars)
                 + ".", ""]
+        gaps = _gaps(summary, arms)
+        if gaps:
+            out += ["AnB − BnB at the deepest n (the cost of A's filters beyond the cost of freezing B's own): "
+                    + "; ".join(gaps) + ".", ""]
 
     out += ["## Files", "",
             "- `results.csv`, `results.jsonl`: one row per run (columns: " + ", ".join(results.COLUMNS) + ")",

@@ -139,7 +139,8 @@ def _mean_std(values):
 
 def summarize(rows):
     """Mean and sample std over seeds of top1 and relative_accuracy, per (model, kind, treatment,
-    source_size, n), in order of first appearance; finished runs only."""
+    source_size, n), in order of first appearance; finished runs only. Parameter counts are the first
+    seed's (they do not depend on the seed)."""
     groups = {}
     for r in rows:
         if r["status"] == "finished":
@@ -150,7 +151,8 @@ def summarize(rows):
         rel, rel_std = _mean_std([m["relative_accuracy"] for m in members])
         out.append({"model": model, "kind": kind, "treatment": treatment, "source_size": size, "n": n,
                     "seeds": len(members), "top1": top1, "top1_std": top1_std, "relative_accuracy": rel,
-                    "relative_accuracy_std": rel_std})
+                    "relative_accuracy_std": rel_std, "frozen_params": members[0].get("frozen_params"),
+                    "trainable_params": members[0].get("trainable_params")})
     return out
 
 

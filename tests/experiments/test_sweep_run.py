@@ -44,6 +44,10 @@ def test_sweep_writes_rows_tables_report_and_figures(tmp_path):
     assert anb["relative_accuracy"] == pytest.approx(anb["top1"] / rows_by_id["resnet10_cifar-baseB-s1"]["top1"])
     assert (anb["frozen_params"], anb["trainable_params"], anb["epochs"]) == (30, 70, 1)
     assert anb["dataset"] == "fashion_mnist[fashion_accessories]" and anb["source"] == "resnet10_cifar-baseA-s1"
+    rel = {(r["model"], r["treatment"], r["n"], r["seed"]): r["relative_accuracy"] for r in rows}
+    gap = sum(rel["resnet10_cifar", "AnB", 5, s] - rel["resnet10_cifar", "BnB", 5, s] for s in (0, 1)) / 2
+    assert f"resnet10_cifar (conv) n=5: {gap:+.3f}" in report
+    assert "at the deepest n=5" in report and "50 of 100 weights frozen (50.0%)" in report
     # a second invocation trains nothing and rewrites the same tables
     again = FakeTrain()
     assert _sweep(tmp_path, again) == rows and again.calls == []
