@@ -5,7 +5,11 @@ A full training step (forward, backward, AdamW update) is timed for the mk_keras
 of `torch_reference.py` (same widths, depths, kernels, stem, norms, exact GELU, layer scale, AdamW without decay
 on 0-/1-D weights, label-smoothed cross-entropy) on the same batch size and input size. The trainers run in
 turns, `--steps` steps each, for `--rounds` rounds (the order rotates every round), so load from other
-processes hits all of them; medians, ranges and paired per-round ratios are reported.
+processes hits all of them. Reported per trainer: images/s of wall time (median, best, range) and images per
+CPU-second of this process. Ratios: the median of the per-round (paired) ratios and the ratio of the best
+rounds. On a shared CPU, PyTorch's OpenMP threads wait on each other whenever one core is busy, so wall-time
+ratios with 2+ threads favour TensorFlow there; `--threads=1` (both frameworks one thread, CPU-time ratios)
+measures the work per step without that effect.
 
 Modes:
   cpu (default): TensorFlow backend, float32; ConvNeXt atto widths at 32 px, batch 128; settings: nothing
@@ -50,15 +54,18 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--image_size", type=int, help="default: 32 for *_cifar models, else 224")
     p.add_argument("--num_classes", type=int, help="default: 10 (cpu), 1000 (gpu)")
-    p.add_argument("--steps", type=int, help="timed steps per trainer per round (cpu: 8, gpu: 50)")
+    p.add_argument("--steps", type=int, help="timed steps per trainer per round (cpu: 4, gpu: 50)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1, help="untimed calls of --steps steps per trainer first")
     p.add_argument("--freeze", default=None, help=f"comma list of {FREEZE_SETTINGS} (cpu: all, gpu: none)")
     p.add_argument("--frameworks", default=None,
                    help=f"comma list of {FRAMEWORKS} (cpu: keras,torch_eager; gpu: all three)")
     p.add_argument("--steps_per_execution", type=int, default=8, help="Keras; lowered to divide --steps")
+    p.add_argument("--threads", type=int, default=0,
+                   help="cpu: intra-/inter-op threads of TensorFlow and threads of torch (0: their defaults)")
     p.add_argument("--variants", action="store_true",
-                   help="also time Keras training-loop variants (steps_per_execution 1 and 32, numpy input)")
+                   help="also time Keras variants, unfrozen: steps_per_execution 1 and 32, numpy input instead of "
+                        "tf.data, keras.activations.gelu instead of mk_keras' gelu")
     p.add_argument("--check_frozen", action=argparse.BooleanOptionalAction, default=True,
                    help="cpu: profile one Keras call per setting and count the executed depthwise "
                         "filter-gradient ops")
@@ -69,6 +76,7 @@ def parse_args(argv=None):
                    help="cpu: time one train() run and its overhead")
     p.add_argument("--sweep_flagfile", default=os.path.join(ROOT, "flags", "train_small.flags"),
                    help="mk-train flagfile of the run whose overhead is measured (also sets the pipeline's data)")
+    p.add_argument("--sweep_flags", default="", help="extra mk-train flags for that run, space-separated")
     p.add_argument("--allow_cpu", action="store_true", help="gpu mode: run on CPU when no GPU is visible")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
@@ -76,7 +84,7 @@ def parse_args(argv=None):
     args.model = args.model or ("convnext_tiny" if gpu else "convnext_atto_cifar")
     args.image_size = args.image_size or (32 if args.model.endswith("_cifar") else 224)
     args.num_classes = args.num_classes or (1000 if gpu else 10)
-    args.steps = args.steps or (50 if gpu else 8)
+    args.steps = args.steps or (50 if gpu else 4)
     args.freeze = (args.freeze or ("none" if gpu else ",".join(FREEZE_SETTINGS))).split(",")
     args.frameworks = (args.frameworks or (",".join(FRAMEWORKS) if gpu else "keras,torch_eager")).split(",")
     for value, allowed in [(f, FREEZE_SETTINGS) for f in args.freeze] + [(f, FRAMEWORKS) for f in args.frameworks]:
@@ -112,7 +120,9 @@ def make_batch(args, seed=0):
 # --- trainers: each returns (run(steps) -> None, blocking until the steps are done; info dict) ---
 
 
-def keras_trainer(args, setting, x, labels, spe=None, numpy_input=False):
+def keras_trainer(args, setting, x, labels, spe=None, numpy_input=False, builtin_gelu=False):
+    """The mk_keras path; `spe`, `numpy_input` and `builtin_gelu` (keras.activations.gelu, autodiff gradient,
+    instead of mk_keras' `gelu`) make the variants that `--variants` compares with it."""
     import keras
 
     import mk_keras
@@ -124,6 +134,9 @@ def keras_trainer(args, setting, x, labels, spe=None, numpy_input=False):
         n = frozen_count(setting, len(mk_keras.filter_layers(model, "depthwise")))
         if n:
             mk_keras.freeze_filters(model, n, kind="depthwise")
+        for layer in model.layers if builtin_gelu else ():
+            if isinstance(layer, keras.layers.Activation) and layer.name.endswith("_gelu"):
+                layer.activation = keras.activations.gelu
         optimizer = recipe.make_optimizer(model, recipe.lr_schedule(1e-3, 10**6, 0))
         recipe.compile_model(model, optimizer, args.num_classes, label_smoothing=0.1, steps_per_execution=spe)
     y = np.eye(args.num_classes, dtype="float32")[labels]
@@ -131,8 +144,9 @@ def keras_trainer(args, setting, x, labels, spe=None, numpy_input=False):
         import tensorflow as tf
 
         data = tf.data.Dataset.from_tensors((x, y)).repeat()
-    elif args.mode == "cpu":
+    elif args.mode == "cpu":  # numpy arrays of one round's batches: Keras slices and converts them every step
         data = None
+        xs, ys = np.tile(x, (args.steps, 1, 1, 1)), np.tile(y, (args.steps, 1))
     else:
         import jax
 
@@ -145,8 +159,8 @@ def keras_trainer(args, setting, x, labels, spe=None, numpy_input=False):
         data = batches()
 
     def run(steps):
-        if data is None:  # numpy arrays: Keras slices and converts them every step
-            model.fit(np.tile(x, (steps, 1, 1, 1)), np.tile(y, (steps, 1)), batch_size=args.batch, epochs=1,
+        if data is None:
+            model.fit(xs[: steps * args.batch], ys[: steps * args.batch], batch_size=args.batch, epochs=1,
                       shuffle=False, verbose=0)
         else:
             model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
@@ -220,33 +234,38 @@ def torch_trainer(args, setting, x, labels, compiled):
 
 
 def alternate(runners, steps, rounds, warmup, batch):
-    """images/s of each runner per round; runners take turns, the order rotating every round."""
+    """Per runner and round: images/s of wall time and images per CPU-second of this process. Runners take
+    turns, the order rotating every round."""
     for run in runners.values():
         for _ in range(warmup):
             run(steps)
-    names, samples = list(runners), {name: [] for name in runners}
+    names = list(runners)
+    wall, cpu = {name: [] for name in names}, {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             runners[name](steps)
-            samples[name].append(steps * batch / (time.perf_counter() - start))
-    return samples
+            wall[name].append(steps * batch / (time.perf_counter() - start))
+            cpu[name].append(steps * batch / (time.process_time() - start_cpu))
+    return wall, cpu
 
 
 def summary(values):
     med = statistics.median(values)
     return {
         "median": round(med, 3),
+        "best": round(max(values), 3),
         "min": round(min(values), 3),
-        "max": round(max(values), 3),
         "spread_pct": round(100 * (max(values) - min(values)) / med, 1),
         "rounds": [round(v, 3) for v in values],
     }
 
 
 def paired(numerator, denominator):
-    """Median and range of the per-round ratios (both measured in the same round)."""
-    return summary([a / b for a, b in zip(numerator, denominator)])
+    """Per-round ratios (both measured in the same round): median, range, and the ratio of the best rounds."""
+    out = summary([a / b for a, b in zip(numerator, denominator)])
+    del out["best"]
+    return {**out, "of_best_rounds": round(max(numerator) / max(denominator), 3)}
 
 
 def executed_ops_per_step(run, steps, op_type):
@@ -275,7 +294,7 @@ def executed_ops_per_step(run, steps, op_type):
 # --- input pipeline and sweep overhead (cpu mode) ---
 
 
-def training_flags(flagfile, run_dir):
+def training_flags(flagfile, run_dir, extra=()):
     """`train(...)` keyword arguments from an mk-train flagfile (the CLI's own parsing)."""
     from absl import flags
 
@@ -283,7 +302,7 @@ def training_flags(flagfile, run_dir):
 
     fv = flags.FlagValues()
     names = common.define_training_flags(fv)
-    fv(["mk-train", f"--flagfile={flagfile}", f"--run_dir={run_dir}", "--overwrite", "--verbose=0"])
+    fv(["mk-train", f"--flagfile={flagfile}", *extra, f"--run_dir={run_dir}", "--overwrite", "--verbose=0"])
     return common.training_kwargs(fv, names)
 
 
@@ -406,6 +425,7 @@ def _cpu_model():
 
 
 def ratios(samples, args):
+    """Paired ratios of `samples` ({runner: per-round values}): Keras vs torch, frozen vs unfrozen, variants."""
     out = {}
     for setting in args.freeze:
         keras_ = samples.get(f"keras/{setting}")
@@ -426,6 +446,15 @@ def run(args):
     """Measure everything `args` asks for; returns the result dict."""
     if args.mode == "cpu":
         os.environ["KERAS_BACKEND"] = "tensorflow"
+        if args.threads:
+            import tensorflow as tf
+
+            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+            if any(fw.startswith("torch") for fw in args.frameworks):
+                import torch
+
+                torch.set_num_threads(args.threads)
     else:
         os.environ["KERAS_BACKEND"] = "jax"
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave GPU memory to torch too
@@ -438,6 +467,7 @@ def run(args):
 
     result = {"mode": args.mode, "model": args.model, "batch_size": args.batch, "image_size": args.image_size,
               "num_classes": args.num_classes, "steps_per_round": args.steps, "rounds": args.rounds,
+              "threads": args.threads or "framework defaults",
               "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
               "environment": environment(args)}
     x, labels = make_batch(args)
@@ -450,13 +480,20 @@ def run(args):
                 fn, meta = torch_trainer(args, setting, x, labels, compiled=fw == "torch_compile")
             runners[f"{fw}/{setting}"], info[f"{fw}/{setting}"] = fn, meta
     if args.variants and "keras" in args.frameworks:
-        for name, kw in (("spe1", {"spe": 1}), ("spe32", {"spe": 32}), ("numpy_input", {"numpy_input": True})):
+        from mk_keras.training.recipe import divisor_at_most
+
+        default_spe = divisor_at_most(args.steps, args.steps_per_execution)
+        spes = {f"spe{k}": {"spe": k} for k in {divisor_at_most(args.steps, k) for k in (1, 32)} - {default_spe}}
+        for name, kw in (*spes.items(), ("numpy_input", {"numpy_input": True}),
+                         ("builtin_gelu", {"builtin_gelu": True})):
             runners[f"keras_variant/{name}"], info[f"keras_variant/{name}"] = keras_trainer(
                 args, "none", x, labels, **kw)
-    samples = alternate(runners, args.steps, args.rounds, args.warmup, args.batch)
+    wall, cpu = alternate(runners, args.steps, args.rounds, args.warmup, args.batch)
     models = {name: meta.pop("_model", None) for name, meta in info.items()}
-    result["throughput"] = {name: {"images_per_s": summary(samples[name]), **info[name]} for name in samples}
-    result["ratios"] = ratios(samples, args)
+    result["throughput"] = {name: {"images_per_s": summary(wall[name]), "images_per_cpu_s": summary(cpu[name]),
+                                   **info[name]} for name in wall}
+    result["ratios"] = ratios(wall, args)
+    result["cpu_time_ratios"] = ratios(cpu, args)
 
     if args.mode == "cpu" and args.check_frozen and "keras" in args.frameworks:
         result["frozen_check"] = {
@@ -471,7 +508,7 @@ def run(args):
         }
     if args.mode == "cpu" and (args.pipeline or args.sweep):
         with tempfile.TemporaryDirectory() as tmp:
-            kwargs = training_flags(args.sweep_flagfile, os.path.join(tmp, "run"))
+            kwargs = training_flags(args.sweep_flagfile, os.path.join(tmp, "run"), args.sweep_flags.split())
             if args.pipeline:
                 result["input_pipeline"] = pipeline_throughput(args, kwargs)
             if args.sweep:
@@ -480,7 +517,7 @@ def run(args):
     result["environment"]["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
     result["targets"] = targets(result)
     if args.mode == "gpu":
-        result["tensorflow_imported"] = "tensorflow" in sys.modules
+        result["tensorflow_imported"] = sys.modules.get("tensorflow") is not None
     return result
 
 
