@@ -140,6 +140,12 @@ def render(output_dir, definition, rows, summary, figures):
 
     out += ["", "## Treatments", ""]
     out += _table(["treatment", "meaning"], [(t, TREATMENTS[t].meaning) for t in config["treatments"]])
+    out += ["", "\"Layers\" are the model's filter layers of the arm's kind, counted in forward order "
+            "(`mk_keras.filter_layers`). Copying takes a layer's kernel and bias; frozen layers are not trained "
+            "(`trainable=False`); " + ("the normalisation layer after each frozen layer is copied and frozen too."
+                                       if config["train_args"].get("freeze_following_norm") else
+                                       "the normalisation layers after them are not copied and train from "
+                                       "scratch.")]
 
     out += ["", "## Base models (top-1 on the test split of their own dataset)", ""]
     base_cols = [t for t in ("baseA", "baseB") if t in config["treatments"]]
