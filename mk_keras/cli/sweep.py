@@ -115,12 +115,6 @@ def run(config, output_dir, shard_index=0, num_shards=1, merge_only=False, dry_r
             log(f"{i:4d} shard {i % num_shards}  {r.run_id}" + (f"  <- {r.source}" if r.source else ""))
         log(f"{PROG}: {len(the_plan.runs)} runs planned for {config.name!r} (nothing trained)")
         return the_plan
-    if flags_text is not None:
-        os.makedirs(output_dir, exist_ok=True)
-        path = os.path.join(output_dir, "flags.txt")
-        with open(f"{path}.{os.getpid()}.tmp", "w") as f:
-            f.write(flags_text)
-        os.replace(f"{path}.{os.getpid()}.tmp", path)
     return run_sweep(config, output_dir, shard_index=shard_index, num_shards=num_shards, train_fn=train_fn,
                      flags_text=flags_text, log=log, lock_stale_s=lock_stale_s)
 

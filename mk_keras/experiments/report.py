@@ -3,7 +3,6 @@ over seeds), the figures, and a summary computed from the tables."""
 
 import inspect
 import os
-import uuid
 
 from mk_keras.experiments import plots, results
 from mk_keras.experiments.treatments import TREATMENTS
@@ -210,8 +209,5 @@ def render(output_dir, definition, rows, summary, figures):
 def write_report(output_dir, definition, rows, summary, figures):
     """Write `output_dir/report.md` atomically; returns its path."""
     path = os.path.join(output_dir, "report.md")
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w") as f:
-        f.write(render(output_dir, definition, rows, summary, figures))
-    os.replace(tmp, path)
+    results.atomic_write_text(path, render(output_dir, definition, rows, summary, figures))
     return path

@@ -9,6 +9,7 @@ failed), error, run_id.
 """
 
 import csv
+import io
 import json
 import math
 import os
@@ -36,14 +37,18 @@ def lock_path(output_dir, run_id):
     return os.path.join(output_dir, "locks", f"{run_id}.lock")
 
 
-def atomic_write_json(path, obj):
-    """Write JSON to a unique temporary file, then `os.replace` it onto `path`."""
+def atomic_write_text(path, text):
+    """Write `text` to a unique temporary file, then `os.replace` it onto `path`."""
     tmp = f"{path}.{uuid.uuid4().hex}.tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def atomic_write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def _read_json(path):
@@ -166,25 +171,14 @@ def _csv_value(value):
 
 def write_tables(output_dir, rows):
     """results.csv and results.jsonl (one row per run, `COLUMNS`), each written atomically."""
-    csv_path, jsonl_path = os.path.join(output_dir, "results.csv"), os.path.join(output_dir, "results.jsonl")
-    for path, write in ((csv_path, _write_csv), (jsonl_path, _write_jsonl)):
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "w", newline="") as f:
-            write(f, rows)
-        os.replace(tmp, path)
-    return csv_path, jsonl_path
-
-
-def _write_csv(f, rows):
-    writer = csv.DictWriter(f, fieldnames=COLUMNS)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for r in rows:
-        writer.writerow({k: _csv_value(r.get(k)) for k in COLUMNS})
-
-
-def _write_jsonl(f, rows):
-    for r in rows:
-        f.write(json.dumps({k: r.get(k) for k in COLUMNS}) + "\n")
+    writer.writerows({k: _csv_value(r.get(k)) for k in COLUMNS} for r in rows)
+    csv_path, jsonl_path = os.path.join(output_dir, "results.csv"), os.path.join(output_dir, "results.jsonl")
+    atomic_write_text(csv_path, buffer.getvalue())
+    atomic_write_text(jsonl_path, "".join(json.dumps({k: r.get(k) for k in COLUMNS}) + "\n" for r in rows))
+    return csv_path, jsonl_path
 
 
 def merge(output_dir, poll_s=1.0, lock_stale_s=900.0):

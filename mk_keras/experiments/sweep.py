@@ -455,7 +455,7 @@ def run_sweep(config, output_dir, *, shard_index=0, num_shards=1, train_fn=None,
       shard_index, num_shards: this process trains runs i with i % num_shards == shard_index, plus any
         source base they need that nobody has finished or is training.
       train_fn: `mk_keras.training.train` (default) or a function with its signature.
-      flags_text: stored in every run directory's flags.txt (the binary's flags).
+      flags_text: the binary's flags, stored as `output_dir/flags.txt` and in every run directory's flags.txt.
       log: progress lines (one per run).
       poll_s, lock_stale_s: how often to look at a run locked by another process, and after how many
         seconds without a heartbeat its lock counts as abandoned.
@@ -469,6 +469,8 @@ def run_sweep(config, output_dir, *, shard_index=0, num_shards=1, train_fn=None,
     for sub in ("", "runs", "results", "locks"):
         os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
     _write_definition(output_dir, the_plan)
+    if flags_text is not None:
+        results.atomic_write_text(os.path.join(output_dir, "flags.txt"), flags_text)
     mine = the_plan.runs[shard_index::num_shards]
     shard = f" shard {shard_index}/{num_shards}:" if num_shards > 1 else ""
     log(f"sweep {the_plan.config.name!r}:{shard} {len(mine)} of {len(the_plan.runs)} runs -> {output_dir}")

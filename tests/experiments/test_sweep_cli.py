@@ -27,6 +27,7 @@ def test_bad_definitions_exit_2_with_one_line(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert status == 2 and fake.calls == []
     assert err.startswith(message) and err.count("\n") == 1
+    assert not os.listdir(tmp_path)  # nothing written
 
 
 def test_run_stores_flags_dry_run_and_merge_only(tmp_path, capsys):
