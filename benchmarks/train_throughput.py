@@ -65,7 +65,7 @@ def parse_args(argv=None):
                    help="cpu: intra-/inter-op threads of TensorFlow and threads of torch (0: their defaults)")
     p.add_argument("--variants", action="store_true",
                    help="also time Keras variants, unfrozen: steps_per_execution 1 and 32, numpy input instead of "
-                        "tf.data, keras.activations.gelu instead of mk_keras' gelu")
+                        "tf.data, Keras' own GELU and LayerNormalization instead of mk_keras' gelu and LayerNorm")
     p.add_argument("--check_frozen", action=argparse.BooleanOptionalAction, default=True,
                    help="cpu: profile one Keras call per setting and count the executed depthwise "
                         "filter-gradient ops")
@@ -120,9 +120,10 @@ def make_batch(args, seed=0):
 # --- trainers: each returns (run(steps) -> None, blocking until the steps are done; info dict) ---
 
 
-def keras_trainer(args, setting, x, labels, spe=None, numpy_input=False, builtin_gelu=False):
-    """The mk_keras path; `spe`, `numpy_input` and `builtin_gelu` (keras.activations.gelu, autodiff gradient,
-    instead of mk_keras' `gelu`) make the variants that `--variants` compares with it."""
+def keras_trainer(args, setting, x, labels, spe=None, numpy_input=False, builtin_layers=False):
+    """The mk_keras path; `spe`, `numpy_input` and `builtin_layers` (keras.activations.gelu and
+    keras.layers.LayerNormalization, autodiff gradients, instead of mk_keras' `gelu` and `LayerNorm`) make the
+    variants that `--variants` compares with it."""
     import keras
 
     import mk_keras
@@ -134,9 +135,11 @@ def keras_trainer(args, setting, x, labels, spe=None, numpy_input=False, builtin
         n = frozen_count(setting, len(mk_keras.filter_layers(model, "depthwise")))
         if n:
             mk_keras.freeze_filters(model, n, kind="depthwise")
-        for layer in model.layers if builtin_gelu else ():
+        for layer in model.layers if builtin_layers else ():
             if isinstance(layer, keras.layers.Activation) and layer.name.endswith("_gelu"):
                 layer.activation = keras.activations.gelu
+            elif isinstance(layer, mk_keras.models.layers.LayerNorm):
+                layer.__class__ = keras.layers.LayerNormalization  # same weights and config, Keras' call
         optimizer = recipe.make_optimizer(model, recipe.lr_schedule(1e-3, 10**6, 0))
         recipe.compile_model(model, optimizer, args.num_classes, label_smoothing=0.1, steps_per_execution=spe)
     y = np.eye(args.num_classes, dtype="float32")[labels]
@@ -191,6 +194,7 @@ def torch_trainer(args, setting, x, labels, compiled):
     import torch_reference
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = True  # autotuned convolutions, as XLA autotunes them for JAX
     depths, widths, stem = convnext_config(args.model)
     model = torch_reference.ConvNeXt(depths, widths, args.num_classes, 3, stem).to(device)
     bf16 = args.mode == "gpu"
@@ -485,7 +489,7 @@ def run(args):
         default_spe = divisor_at_most(args.steps, args.steps_per_execution)
         spes = {f"spe{k}": {"spe": k} for k in {divisor_at_most(args.steps, k) for k in (1, 32)} - {default_spe}}
         for name, kw in (*spes.items(), ("numpy_input", {"numpy_input": True}),
-                         ("builtin_gelu", {"builtin_gelu": True})):
+                         ("builtin_layers", {"builtin_layers": True})):
             runners[f"keras_variant/{name}"], info[f"keras_variant/{name}"] = keras_trainer(
                 args, "none", x, labels, **kw)
     wall, cpu = alternate(runners, args.steps, args.rounds, args.warmup, args.batch)

@@ -1,4 +1,4 @@
-"""Custom layers shared by the builders: layer scale, stochastic depth, GRN; the exact GELU activation.
+"""Custom layers shared by the builders: layer scale, stochastic depth, GRN, LayerNorm; the exact GELU.
 
 All are backend-agnostic Keras 3 layers/functions, registered for `.keras` serialisation.
 """
@@ -32,6 +32,53 @@ def gelu(x):
         return x * cdf, grad
 
     return _gelu(x)
+
+
+def _layer_norm(x, gamma, beta, epsilon):
+    """Layer normalisation over the last axis with the closed-form gradient."""
+
+    @ops.custom_gradient
+    def forward(x, gamma, beta):
+        centred = x - ops.mean(x, axis=-1, keepdims=True)
+        inv_std = ops.rsqrt(ops.mean(ops.square(centred), axis=-1, keepdims=True) + epsilon)
+        x_hat = centred * inv_std
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            g = upstream * gamma
+            dx = inv_std * (g - ops.mean(g, axis=-1, keepdims=True)
+                            - x_hat * ops.mean(g * x_hat, axis=-1, keepdims=True))
+            batch_axes = tuple(range(len(x.shape) - 1))
+            return dx, ops.sum(upstream * x_hat, axis=batch_axes), ops.sum(upstream, axis=batch_axes)
+
+        return x_hat * gamma + beta, grad
+
+    return forward(x, gamma, beta)
+
+
+@keras.saving.register_keras_serializable(package="mk_keras")
+class LayerNorm(keras.layers.LayerNormalization):
+    """`LayerNormalization` over the last axis (with scale and offset) and a closed-form gradient.
+
+    Same weights, config and function as the base class, statistics in float32 under mixed precision. The
+    gradient `dx = inv_std * (g - mean(g) - x_hat * mean(g * x_hat))`, `g = dy * gamma`, reuses the forward
+    pass's `x_hat` instead of differentiating the moments op by op, which the TensorFlow executor runs one
+    by one (ConvNeXt-atto train step on a 2-core CPU: about 3-5 % less CPU time, docs/performance.md).
+    """
+
+    def __init__(self, axis=-1, epsilon=1e-6, **kwargs):
+        super().__init__(axis=axis, epsilon=epsilon, **kwargs)
+        if self.axis not in (-1, [-1]) or not (self.center and self.scale) or self.rms_scaling:
+            raise ValueError(f"LayerNorm normalises the last axis with scale and offset; got axis={axis!r}, "
+                             f"center={self.center}, scale={self.scale}, rms_scaling={self.rms_scaling}")
+
+    def call(self, inputs):
+        dtype = keras.backend.result_type(inputs.dtype, "float32")
+        outputs = _layer_norm(
+            ops.cast(inputs, dtype), ops.cast(self.gamma, dtype), ops.cast(self.beta, dtype), self.epsilon
+        )
+        return ops.cast(outputs, self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="mk_keras")
