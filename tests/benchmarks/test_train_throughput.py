@@ -77,9 +77,9 @@ def test_freezing_matches_between_frameworks():
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the cpu mode runs Keras on TensorFlow")
 def test_cpu_mode_runs_and_writes_json(tmp_path):
-    flagfile = tmp_path / "tiny.flags"
-    flagfile.write_text("--model=convnext_micro_cifar\n--dataset=digits\n--max_per_class=8\n--eval_max_per_class=4\n"
-                        "--epochs=1\n--batch_size=16\n--warmup_epochs=0\n")
+    flagfile = tmp_path / "tiny_sweep.flags"
+    flagfile.write_text("--name=tiny\n--dataset_a=digits\n--classes_a=0,1,2,3,4\n--classes_b=5,6,7,8,9\n"
+                        "--max_per_class=8\n--eval_max_per_class=4\n--epochs=1\n--batch_size=8\n--eval_every=0\n")
     out = tmp_path / "result.json"
     train_throughput.main([
         "--model=convnext_micro_cifar", "--batch=4", "--steps=2", "--rounds=2", "--warmup=0",
@@ -97,7 +97,9 @@ def test_cpu_mode_runs_and_writes_json(tmp_path):
     assert result["frozen_check"]["depthwise"]["executed_depthwise_filter_grads_per_step"] == 0
     assert result["input_pipeline"]["images_per_s"] > 0
     overhead = result["sweep_overhead"]
-    assert 0 < overhead["steady_training_s"] < overhead["run_s"] and 0 < overhead["overhead_share"] < 1
+    (run,) = overhead["runs"]
+    assert run["steps"] == 5 and 0 < run["steady_training_s"] < run["run_s"] < overhead["sweep_s"]
+    assert 0 < overhead["overhead_share_per_run"] < overhead["overhead_share_of_sweep"] < 1
     assert set(result["targets"]) == {"keras_vs_torch_eager/none", "keras_frozen_speedup/depthwise",
                                       "input_pipeline_vs_keras_training", "sweep_overhead_share"}
 
