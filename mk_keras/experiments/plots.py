@@ -53,9 +53,11 @@ def _plot_lines(ax, summary, rows, arm, treatments):
             continue
         color = _COLORS.get(treatment) if len({k[1] for k in keys}) == 1 else f"C{i}"
         ns, means, stds = zip(*points)
+        dodge = 0.08 * (i - (len(keys) - 1) / 2)  # side by side, so that error bars do not hide each other
+        ns = [n + dodge for n in ns]
         ax.errorbar(ns, means, yerr=[s or 0.0 for s in stds], color=color, marker=_MARKERS[i % len(_MARKERS)],
                     capsize=3, label=line_label(treatment, size))
-        seeds = [(r["n"], r["relative_accuracy"]) for r in rows
+        seeds = [(r["n"] + dodge, r["relative_accuracy"]) for r in rows
                  if (r["model"], r["kind"], r["treatment"], r["source_size"]) ==
                  (arm["model"], arm["kind"], treatment, size) and r["relative_accuracy"] is not None]
         ax.scatter(*zip(*seeds), color=color, s=10, alpha=0.45, zorder=3)
