@@ -16,7 +16,7 @@ def gelu(x):
     Same function as `keras.activations.gelu(x, approximate=False)` (and torch's default `nn.GELU`) up to
     float rounding; the closed-form gradient reuses `Phi(x)` from the forward pass and needs fewer
     elementwise ops than automatic differentiation of erf, which the TensorFlow executor runs one by one
-    (ConvNeXt-atto train step on a 2-core CPU: about 3-4 % less CPU time, see docs/performance.md).
+    (ConvNeXt-atto train step on a 2-core CPU: about 3 % less CPU time, docs/performance.md).
     """
 
     @ops.custom_gradient
