@@ -9,7 +9,14 @@ keras.applications), which `filter_layers(model, "pointwise")` counts.
 
 import keras
 
-from mk_keras.models.layers import GlobalResponseNormalization, LayerScale, StochasticDepth, gelu, preprocessing
+from mk_keras.models.layers import (
+    GlobalResponseNormalization,
+    LayerNorm,
+    LayerScale,
+    StochasticDepth,
+    gelu,
+    preprocessing,
+)
 from mk_keras.models.registry import register_model
 
 MODEL_CONFIGS = {
@@ -29,7 +36,7 @@ def convnext_block(x, dim, name, version=1, drop_path_rate=0.0, layer_scale_init
     """One ConvNeXt block: dwconv -> LN -> pwconv1 (4x) -> GELU [-> GRN] -> pwconv2 [-> scale] + x."""
     shortcut = x
     x = keras.layers.DepthwiseConv2D(kernel_size, padding="same", name=f"{name}_dwconv")(x)
-    x = keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_norm")(x)
+    x = LayerNorm(epsilon=1e-6, name=f"{name}_norm")(x)
     x = keras.layers.Dense(4 * dim, name=f"{name}_pwconv1")(x)
     x = keras.layers.Activation(gelu, name=f"{name}_gelu")(x)
     if version == 2:
@@ -61,11 +68,11 @@ def ConvNeXt(
     inputs = keras.Input(shape=input_shape, name="image")
     x = preprocessing(inputs, input_shape[-1])
     x = keras.layers.Conv2D(widths[0], stem_stride, strides=stem_stride, name="stem_conv")(x)
-    x = keras.layers.LayerNormalization(epsilon=1e-6, name="stem_norm")(x)
+    x = LayerNorm(epsilon=1e-6, name="stem_norm")(x)
     total, done = sum(depths), 0
     for s, (depth, width) in enumerate(zip(depths, widths), start=1):
         if s > 1:
-            x = keras.layers.LayerNormalization(epsilon=1e-6, name=f"stage{s}_downsample_norm")(x)
+            x = LayerNorm(epsilon=1e-6, name=f"stage{s}_downsample_norm")(x)
             x = keras.layers.Conv2D(width, 2, strides=2, name=f"stage{s}_downsample_conv")(x)
         for b in range(1, depth + 1):
             rate = drop_path_rate * done / max(total - 1, 1)
@@ -74,7 +81,7 @@ def ConvNeXt(
             )
             done += 1
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
-    x = keras.layers.LayerNormalization(epsilon=1e-6, name="head_norm")(x)
+    x = LayerNorm(epsilon=1e-6, name="head_norm")(x)
     if include_top:
         x = keras.layers.Dense(num_classes, dtype="float32", name="head_dense")(x)
     return keras.Model(inputs, x, name=name)

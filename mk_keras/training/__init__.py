@@ -1,6 +1,7 @@
 """Training: the recipe (AdamW, warm-up + cosine, label smoothing, EMA, precision, XLA), the distribution
 factory and `train(...)`, the one entry point for binaries and sweeps."""
 
+from mk_keras.training.optimizer import AdamW
 from mk_keras.training.distribute import DISTRIBUTIONS, Distribution, make_distribution
 from mk_keras.training.recipe import (
     LR_SCALINGS,
@@ -15,6 +16,7 @@ from mk_keras.training.recipe import (
 from mk_keras.training.run import MASTER_KEYS, TrainingFailed, train
 
 __all__ = [
+    "AdamW",
     "DISTRIBUTIONS",
     "LR_SCALINGS",
     "MASTER_KEYS",

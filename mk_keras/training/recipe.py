@@ -9,6 +9,8 @@ import contextlib
 
 import keras
 
+from mk_keras.training.optimizer import AdamW
+
 LR_SCALINGS = ("linear", "none")
 MIXED_PRECISION = {False: None, "none": None, True: "mixed_bfloat16", "mixed_bfloat16": "mixed_bfloat16",
                    "mixed_float16": "mixed_float16"}
@@ -46,7 +48,7 @@ def make_optimizer(model, schedule, weight_decay=0.05, ema=False, ema_momentum=0
     Call after transfer/freezing (so frozen weights are known) and before `compile`. With `ema=True` the
     optimizer keeps an exponential moving average of the weights; `fit` copies it into the model at the end.
     """
-    optimizer = keras.optimizers.AdamW(
+    optimizer = AdamW(
         learning_rate=schedule,
         weight_decay=weight_decay,
         use_ema=bool(ema),

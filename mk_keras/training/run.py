@@ -530,8 +530,9 @@ def train(
             schedule = recipe.lr_schedule(peak_lr, total_steps, warmup_steps, min_lr_ratio)
             optimizer = recipe.make_optimizer(net, schedule, weight_decay, ema, ema_momentum)
             recipe.compile_model(net, optimizer, num_classes, label_smoothing, jit_compile, spe)
+            _build_training_state(net, num_classes)
             if dist.name == "multi_worker":
-                _build_for_multi_worker(net, num_classes)
+                _build_for_multi_worker(net)
 
         pipeline = {"batch_size": batch_size, "image_size": (height, width), "channels": channels,
                     "deterministic": deterministic}
@@ -608,7 +609,14 @@ def train(
     return metrics
 
 
-def _build_for_multi_worker(net, num_classes):
+def _build_training_state(net, num_classes):
+    """Create the optimizer, loss and metric variables now, from shapes: a train function whose first trace
+    creates variables is traced twice by TensorFlow (once more without variable creation)."""
+    shape = (1, *net.input_shape[1:])
+    net._symbolic_build(data_batch=(np.zeros(shape, "float32"), np.zeros((1, num_classes), "float32")))
+
+
+def _build_for_multi_worker(net):
     """Work around Keras 3 bugs under MultiWorkerMirroredStrategy (keras-team/keras#20585, open):
 
     - `fit`/`evaluate` first reduce a real input batch across workers to build the model symbolically, which
@@ -617,8 +625,6 @@ def _build_for_multi_worker(net, num_classes):
       on scalars: return them with shape [1] (the reduction then averages them over all replicas).
     Epoch logs are unaffected: Keras reads them from the metric variables, summed over replicas.
     """
-    shape = (1, *net.input_shape[1:])
-    net._symbolic_build(data_batch=(np.zeros(shape, "float32"), np.zeros((1, num_classes), "float32")))
     net._maybe_symbolic_build = lambda *args, **kwargs: None
     for name in ("train_step", "test_step"):
         step = getattr(net, name)
