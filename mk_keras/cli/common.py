@@ -63,26 +63,39 @@ def fail(prog, message, status=EXIT_USAGE):
     return status
 
 
-def execute(prog, define_flags, main, argv):
-    """Parse `argv` with the flags of `define_flags` and call `main(fv)`; returns the exit status.
+def parse_flags(prog, define_flags, argv, positional=False, usage=None):
+    """Parse `argv` into a fresh `flags.FlagValues` defined by `define_flags(fv)`.
 
-    Flag errors and ValueError/FileNotFoundError/FileExistsError become one line on stderr and status 2;
-    `TrainingFailed` becomes status 1.
+    Returns `(fv, args)`, `args` the positional arguments (an error unless `positional`), or an exit status:
+    0 after printing --help (`usage`, if given, then the flags), 2 after a one-line flag error on stderr.
     """
-    from mk_keras.training import TrainingFailed
-
     fv = flags.FlagValues()
     define_flags(fv)
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(fv.get_help())
+        print(f"{usage}\n{fv.get_help()}" if usage else fv.get_help())
         return EXIT_OK
     try:
-        rest = fv(list(argv))
-        if len(rest) > 1:
-            raise flags.Error(f"unexpected positional arguments {rest[1:]}")
+        args = fv(list(argv))[1:]
+        if args and not positional:
+            raise flags.Error(f"unexpected positional arguments {args}")
     except flags.Error as e:
         return fail(prog, e)
-    if fv.run_dir and "{" in fv.run_dir:
+    return fv, args
+
+
+def execute(prog, define_flags, main, argv):
+    """Parse `argv` with `parse_flags` and call `main(fv)`; returns the exit status.
+
+    Flag errors and ValueError/FileNotFoundError/FileExistsError become one line on stderr and status 2;
+    `TrainingFailed` becomes status 1. A --run_dir flag, if defined, has its {flag} fields filled in first.
+    """
+    from mk_keras.training import TrainingFailed
+
+    parsed = parse_flags(prog, define_flags, argv)
+    if isinstance(parsed, int):
+        return parsed
+    fv, _ = parsed
+    if "run_dir" in fv and fv.run_dir and "{" in fv.run_dir:
         try:
             fv.run_dir = fv.run_dir.format(**{name: fv[name].value for name in fv})
         except (KeyError, IndexError, ValueError) as e:

@@ -18,7 +18,7 @@ import sys
 
 from absl import flags
 
-from mk_keras.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, setup_logging
+from mk_keras.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, parse_flags, setup_logging
 from mk_keras.export import KERAS_FILE, METADATA_FILE, export_saved_model, verify_saved_model
 
 PROG = "mk-export"
@@ -70,17 +70,10 @@ def run(run_dir=None, model_file=None, output=None, overwrite=False, verify=Fals
 
 def main(argv):
     """Parse `argv` (argv[0] is the program) and run; returns the exit status."""
-    fv = flags.FlagValues()
-    define_flags(fv)
-    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(fv.get_help())
-        return EXIT_OK
-    try:
-        rest = fv(list(argv))
-        if len(rest) > 1:
-            raise flags.Error(f"unexpected positional arguments {rest[1:]}")
-    except flags.Error as e:
-        return fail(PROG, e)
+    parsed = parse_flags(PROG, define_flags, argv)
+    if isinstance(parsed, int):
+        return parsed
+    fv, _ = parsed
     try:
         return run(run_dir=fv.run_dir, model_file=fv.model_file, output=fv.output, overwrite=fv.overwrite,
                    verify=fv.verify, atol=fv.atol, batch_size=fv.batch_size)

@@ -136,24 +136,19 @@ def run(
 
 def main(argv):
     """Parse `argv` ([program, command, model, ...] plus flags) into fresh flags and run; returns the exit status."""
-    fv = flags.FlagValues()
-    define_flags(fv)
-    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(__doc__ + "\n" + fv.get_help())
-        return common.EXIT_OK
-    try:
-        rest = fv(list(argv))
-    except flags.Error as e:
-        return common.fail(PROG, e)
+    parsed = common.parse_flags(PROG, define_flags, argv, positional=True, usage=__doc__)
+    if isinstance(parsed, int):
+        return parsed
+    fv, args = parsed
     try:
         if fv.backend and fv.backend != keras.backend.backend():
             raise ValueError(f"--backend={fv.backend} but Keras runs {keras.backend.backend()!r}; set "
                              f"KERAS_BACKEND={fv.backend} or use the {PROG} console script")
-        if len(rest) < 2:
+        if not args:
             raise ValueError(f"missing command; usage: {PROG} {{{'|'.join(COMMANDS)}}} MODEL [MODEL ...] --out_dir=DIR")
         run(
-            rest[1],
-            rest[2:],
+            args[0],
+            args[1:],
             fv.out_dir,
             kind=fv.kind,
             seed=fv.seed,

@@ -133,31 +133,7 @@ def main(argv, train_fn=None):
         run(config, output_dir, fv.shard_index, fv.num_shards, fv.merge_only, fv.dry_run,
             flags_text=common.flagfile_text(fv, stored, PROG), lock_stale_s=fv.lock_stale_s, train_fn=train_fn)
 
-    return _execute(define, call, argv)
-
-
-def _execute(define, call, argv):
-    """`common.execute` without its --run_dir template step (mk-sweep has no --run_dir); to be unified."""
-    from mk_keras.training import TrainingFailed
-
-    fv = flags.FlagValues()
-    define(fv)
-    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(fv.get_help())
-        return common.EXIT_OK
-    try:
-        rest = fv(list(argv))
-        if len(rest) > 1:
-            raise flags.Error(f"unexpected positional arguments {rest[1:]}")
-    except flags.Error as e:
-        return common.fail(PROG, e)
-    try:
-        call(fv)
-    except TrainingFailed as e:
-        return common.fail(PROG, e, common.EXIT_FAILED)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        return common.fail(PROG, e)
-    return common.EXIT_OK
+    return common.execute(PROG, define, call, argv)
 
 
 def main_entry():
