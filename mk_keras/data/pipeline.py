@@ -10,6 +10,12 @@ import keras
 import tensorflow as tf
 
 AUGMENTS = (None, "basic", "randaugment")
+# tf.data autotuning off. Its optimisation thread wakes up 10 ms, 20 ms, 40 ms, ... (doubling) after an iterator
+# starts, and deleting the iterator waits for the next wake-up: with TensorFlow 2.21 that added up to several
+# seconds of idle time to the end of a `fit` or `evaluate`. Without it, AUTOTUNE map parallelism still uses all
+# cores, and this pipeline was no slower (docs/performance.md).
+_OPTIONS = tf.data.Options()
+_OPTIONS.autotune.enabled = False
 RESIZE_MODES = ("resize", "pad", "crop")
 
 
@@ -169,4 +175,4 @@ def make_pipeline(
 
     # Keras random layers keep seed state: deterministic mode draws it sequentially.
     ds = ds.enumerate().map(lambda step, xy: finish(step, *xy), **({} if deterministic else par))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_OPTIONS)

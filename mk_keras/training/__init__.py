@@ -1,8 +1,8 @@
 """Training: the recipe (AdamW, warm-up + cosine, label smoothing, EMA, precision, XLA), the distribution
 factory and `train(...)`, the one entry point for binaries and sweeps."""
 
-from mk_keras.training.optimizer import AdamW
 from mk_keras.training.distribute import DISTRIBUTIONS, Distribution, make_distribution
+from mk_keras.training.optimizer import AdamW
 from mk_keras.training.recipe import (
     LR_SCALINGS,
     compile_model,
