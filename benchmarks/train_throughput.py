@@ -67,7 +67,8 @@ def parse_args(argv=None):
                    help="cpu: intra-/inter-op threads of TensorFlow and threads of torch (0: their defaults)")
     p.add_argument("--variants", action="store_true",
                    help="also time Keras variants, unfrozen: steps_per_execution 1 and 32, numpy input instead of "
-                        "tf.data, Keras' own GELU and LayerNormalization instead of mk_keras' gelu and LayerNorm")
+                        "tf.data, Keras' own GELU and LayerNormalization instead of mk_keras' gelu and LayerNorm, "
+                        "keras.optimizers.AdamW instead of mk_keras' AdamW")
     p.add_argument("--check_frozen", action=argparse.BooleanOptionalAction, default=True,
                    help="cpu: profile one Keras call per setting and count the executed depthwise "
                         "filter-gradient ops")
@@ -123,10 +124,11 @@ def make_batch(args, seed=0):
 # --- trainers: each returns (run(steps) -> None, blocking until the steps are done; info dict) ---
 
 
-def keras_trainer(args, setting, x, labels, spe=None, numpy_input=False, builtin_layers=False):
-    """The mk_keras path; `spe`, `numpy_input` and `builtin_layers` (keras.activations.gelu and
-    keras.layers.LayerNormalization, autodiff gradients, instead of mk_keras' `gelu` and `LayerNorm`) make the
-    variants that `--variants` compares with it."""
+def keras_trainer(args, setting, x, labels, spe=None, numpy_input=False, builtin_layers=False, keras_adamw=False):
+    """The mk_keras path; `spe`, `numpy_input`, `builtin_layers` (keras.activations.gelu and
+    keras.layers.LayerNormalization, autodiff gradients, instead of mk_keras' `gelu` and `LayerNorm`) and
+    `keras_adamw` (keras.optimizers.AdamW instead of mk_keras' fused AdamW) make the variants that
+    `--variants` compares with it."""
     import keras
 
     import mk_keras
@@ -144,6 +146,9 @@ def keras_trainer(args, setting, x, labels, spe=None, numpy_input=False, builtin
             elif isinstance(layer, mk_keras.models.layers.LayerNorm):
                 layer.__class__ = keras.layers.LayerNormalization  # same weights and config, Keras' call
         optimizer = recipe.make_optimizer(model, recipe.lr_schedule(1e-3, 10**6, 0))
+        if keras_adamw:
+            optimizer = keras.optimizers.AdamW.from_config(optimizer.get_config())
+            optimizer.exclude_from_weight_decay(var_list=recipe.no_decay_variables(model))
         recipe.compile_model(model, optimizer, args.num_classes, label_smoothing=0.1, steps_per_execution=spe)
     y = np.eye(args.num_classes, dtype="float32")[labels]
     if args.mode == "cpu" and not numpy_input:
@@ -514,7 +519,7 @@ def run(args):
         default_spe = divisor_at_most(args.steps, args.steps_per_execution)
         spes = {f"spe{k}": {"spe": k} for k in {divisor_at_most(args.steps, k) for k in (1, 32)} - {default_spe}}
         for name, kw in (*spes.items(), ("numpy_input", {"numpy_input": True}),
-                         ("builtin_layers", {"builtin_layers": True})):
+                         ("builtin_layers", {"builtin_layers": True}), ("keras_adamw", {"keras_adamw": True})):
             runners[f"keras_variant/{name}"], info[f"keras_variant/{name}"] = keras_trainer(
                 args, "none", x, labels, **kw)
     wall, cpu = alternate(runners, args.steps, args.rounds, args.warmup, args.batch)

@@ -12,6 +12,7 @@ from mk_keras.export import export_saved_model, verify_saved_model
 from mk_keras.filters import FILTER_KINDS, FilterLayer, filter_layers
 from mk_keras.models import create_model, list_models, model_family
 from mk_keras.transfer import TransferReport, freeze_filters, transfer_filters
+from mk_keras.training import optimizer as _optimizer  # noqa: F401  registers mk_keras>AdamW for load_model
 
 __all__ = [
     "FILTER_KINDS",

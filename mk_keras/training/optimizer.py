@@ -26,49 +26,49 @@ class AdamW(keras.optimizers.AdamW):
         decayed = [v.value if isinstance(v, keras.Variable) else v for v in variables if self._use_weight_decay(v)]
         if not decayed:
             return
-        lr = tf.cast(self.learning_rate, "float32")  # the schedule, once per step
-        wd = tf.cast(self.weight_decay, "float32")
 
         def decay(variable, lr, wd):
             # Keras' expression and rounding: variable - (variable * wd) * lr
             variable.assign_sub(variable * tf.cast(wd, variable.dtype) * tf.cast(lr, variable.dtype))
 
-        def apply(distribution, variables):
+        def apply(distribution, variables, lr, wd):
             for variable in variables:
                 distribution.extended.update(variable, decay, args=(lr, wd), group=False)
 
-        tf.__internal__.distribute.interim.maybe_merge_call(apply, self._distribution_strategy, decayed)
+        # The schedule once per step (Keras: once per variable); merge_call hands lr per replica to `update`.
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            apply, self._distribution_strategy, decayed, tf.cast(self.learning_rate, "float32"),
+            tf.cast(self.weight_decay, "float32"))
 
     def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
-        """TensorFlow backend only (Keras calls it once per step, in cross-replica context)."""
+        """TensorFlow backend only: Keras calls it once per step, in cross-replica context."""
         if self.amsgrad:
             return super()._distributed_tf_update_step(distribution, grads_and_vars, learning_rate)
         import tensorflow as tf
 
         step = tf.cast(self.iterations + 1, "float32")
-        # Scalars shared by all variables, computed once per step (Keras: once per variable).
-        scalars = {
-            "lr": tf.cast(learning_rate, "float32"),
-            "beta1_power": tf.pow(tf.constant(self.beta_1, "float32"), step),
-            "beta2_power": tf.pow(tf.constant(self.beta_2, "float32"), step),
-            "beta1": tf.constant(self.beta_1, "float32"),
-            "beta2": tf.constant(self.beta_2, "float32"),
-            "epsilon": tf.constant(self.epsilon, "float32"),
-        }
+        # Shared scalars once per step (Keras: once per variable); `learning_rate` may be per replica, so it
+        # reaches each device through `update`.
+        beta1_power = tf.pow(tf.constant(self.beta_1, "float32"), step)
+        beta2_power = tf.pow(tf.constant(self.beta_2, "float32"), step)
 
-        def fused_update(variable, gradient):
+        def fused_update(variable, gradient, lr, beta1_power, beta2_power):
             index = self._get_variable_index(variable)
             tf.raw_ops.ResourceApplyAdam(
                 var=_handle(variable), m=_handle(self._momentums[index]), v=_handle(self._velocities[index]),
-                grad=tf.cast(gradient, "float32"), use_locking=False, **scalars,
+                beta1_power=beta1_power, beta2_power=beta2_power, lr=tf.cast(lr, "float32"),
+                beta1=tf.constant(self.beta_1, "float32"), beta2=tf.constant(self.beta_2, "float32"),
+                epsilon=tf.constant(self.epsilon, "float32"), grad=tf.cast(gradient, "float32"),
+                use_locking=False,
             )
 
-        def keras_update(variable, gradient):
-            self.update_step(gradient, variable, learning_rate)
+        def keras_update(variable, gradient, lr, *_):
+            self.update_step(gradient, variable, lr)
 
         for grad, var in grads_and_vars:
             update = fused_update if var.dtype == tf.float32 else keras_update
-            distribution.extended.update(var, update, args=(grad,), group=False)
+            distribution.extended.update(var, update, args=(grad, learning_rate, beta1_power, beta2_power),
+                                         group=False)
 
 
 def _handle(variable):

@@ -91,12 +91,14 @@ _MIRRORED = textwrap.dedent(
     import numpy as np, tensorflow as tf, keras
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from mk_keras.training import lr_schedule
     from mk_keras.training.optimizer import AdamW
 
     def run(optimizer_class, strategy):
         with strategy.scope():
             var = keras.Variable(np.linspace(-1, 1, 12, dtype="float32").reshape(3, 4))
-            optimizer = optimizer_class(learning_rate=0.1, weight_decay=0.5, beta_1=0.875, beta_2=1 - 2.0**-10)
+            optimizer = optimizer_class(learning_rate=lr_schedule(0.1, 6, 2), weight_decay=0.5, beta_1=0.875,
+                                        beta_2=1 - 2.0**-10)
             optimizer.build([var])
 
         @tf.function
