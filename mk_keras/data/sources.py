@@ -6,6 +6,7 @@ come from one label-only pass (cached next to the prepared data).
 """
 
 import dataclasses
+import functools
 import gzip
 import hashlib
 import importlib.metadata
@@ -93,7 +94,14 @@ def stratified_split(labels, split, keys=None, test_fraction=TEST_FRACTION, seed
 
 
 def _read_idx(path):
-    """Parse a gzipped IDX file (ubyte data) into a numpy array."""
+    """Parse a gzipped IDX file (ubyte data) into a read-only numpy array; kept in memory while the file is
+    unchanged (a sweep reads the same files for every run)."""
+    stat = os.stat(path)
+    return _read_idx_file(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_idx_file(path, mtime_ns, size):
     with gzip.open(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
