@@ -620,7 +620,7 @@ def _build_for_multi_worker(net):
     """Work around Keras 3 bugs under MultiWorkerMirroredStrategy (keras-team/keras#20585, open):
 
     - `fit`/`evaluate` first reduce a real input batch across workers to build the model symbolically, which
-      fails: build the compiled loss and metrics from shapes instead and skip that step;
+      fails: skip that step (`_build_training_state` already built everything from shapes);
     - each step's scalar metric results are reduced with `strategy.reduce("MEAN", v, axis=0)`, which fails
       on scalars: return them with shape [1] (the reduction then averages them over all replicas).
     Epoch logs are unaffected: Keras reads them from the metric variables, summed over replicas.
