@@ -49,26 +49,23 @@ class AdamW(keras.optimizers.AdamW):
         step = tf.cast(self.iterations + 1, "float32")
         # Shared scalars once per step (Keras: once per variable); `learning_rate` may be per replica, so it
         # reaches each device through `update`.
-        beta1_power = tf.pow(tf.constant(self.beta_1, "float32"), step)
-        beta2_power = tf.pow(tf.constant(self.beta_2, "float32"), step)
+        beta1, beta2 = tf.constant(self.beta_1, "float32"), tf.constant(self.beta_2, "float32")
+        scalars = {"beta1": beta1, "beta2": beta2, "epsilon": tf.constant(self.epsilon, "float32"),
+                   "beta1_power": tf.pow(beta1, step), "beta2_power": tf.pow(beta2, step)}
 
-        def fused_update(variable, gradient, lr, beta1_power, beta2_power):
+        def fused_update(variable, gradient, lr, scalars):
             index = self._get_variable_index(variable)
             tf.raw_ops.ResourceApplyAdam(
                 var=_handle(variable), m=_handle(self._momentums[index]), v=_handle(self._velocities[index]),
-                beta1_power=beta1_power, beta2_power=beta2_power, lr=tf.cast(lr, "float32"),
-                beta1=tf.constant(self.beta_1, "float32"), beta2=tf.constant(self.beta_2, "float32"),
-                epsilon=tf.constant(self.epsilon, "float32"), grad=tf.cast(gradient, "float32"),
-                use_locking=False,
+                lr=tf.cast(lr, "float32"), grad=tf.cast(gradient, "float32"), use_locking=False, **scalars,
             )
 
-        def keras_update(variable, gradient, lr, *_):
+        def keras_update(variable, gradient, lr, scalars):
             self.update_step(gradient, variable, lr)
 
         for grad, var in grads_and_vars:
             update = fused_update if var.dtype == tf.float32 else keras_update
-            distribution.extended.update(var, update, args=(grad, learning_rate, beta1_power, beta2_power),
-                                         group=False)
+            distribution.extended.update(var, update, args=(grad, learning_rate, scalars), group=False)
 
 
 def _handle(variable):
