@@ -83,6 +83,16 @@ def test_fashion_mnist_from_data_dir_and_missing(tmp_path, monkeypatch):
         data.load("fashion_mnist", split="test", data_dir=str(tmp_path), download=False)
 
 
+def test_idx_files_are_read_once_while_unchanged(tmp_path):
+    path = tmp_path / "labels-idx1-ubyte.gz"
+    _write_idx(path, np.array([1, 2, 3]))
+    first = sources._read_idx(str(path))
+    assert sources._read_idx(str(path)) is first and not first.flags.writeable
+    _write_idx(path, np.array([7, 8, 9]))  # same size, new modification time
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 1))
+    np.testing.assert_array_equal(sources._read_idx(str(path)), [7, 8, 9])
+
+
 # --- Animal-MNIST, digits ----------------------------------------------------------------------------
 
 
