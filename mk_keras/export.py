@@ -27,6 +27,8 @@ import tempfile
 import keras
 import numpy as np
 
+from mk_keras.filters import iter_layers
+
 METADATA_FILE = "mk_keras_metadata.json"
 KERAS_FILE = "model.keras"
 EXPORT_ROOT = "saved_models"
@@ -62,21 +64,13 @@ def _load_keras(path):
         raise ValueError(f"cannot load {path!r} as a Keras model ({type(e).__name__}: {reason})") from e
 
 
-def _leaf_layers(model):
-    for layer in model.layers:
-        if getattr(layer, "layers", None):
-            yield from _leaf_layers(layer)
-        else:
-            yield layer
-
-
 def frozen_kernels(model):
     """`(layer name, variable)` for every kernel of every frozen (`trainable=False`) layer, and every kernel
     frozen at the variable level in a trainable layer (a `MasterKeyDepthwiseConv2D`'s master keys), in
     forward order."""
     return [
         (layer.name, w)
-        for layer in _leaf_layers(model)
+        for layer in iter_layers(model)
         for w in layer.non_trainable_weights
         if w.name.endswith("kernel")
     ]
@@ -85,7 +79,7 @@ def frozen_kernels(model):
 def _frozen_layer_names(model):
     """Frozen layers and layers with a frozen kernel, in forward order."""
     frozen = {name for name, _ in frozen_kernels(model)}
-    return [layer.name for layer in _leaf_layers(model)
+    return [layer.name for layer in iter_layers(model)
             if layer.weights and (not layer.trainable or layer.name in frozen)]
 
 

@@ -13,11 +13,19 @@ import dataclasses
 import keras
 import numpy as np
 
-from mk_keras.filters import FILTER_KINDS, filter_layers
+from mk_keras.filters import (
+    FILTER_KINDS,
+    ORDERS,
+    canonical_kernel,
+    filter_layers,
+    from_canonical_kernel,
+    select_indices,
+)
 
-ORDERS = ("first", "last")
 KERNEL_MAPS = ("center_crop", "zero_pad", "resize", "auto")
 CHANNEL_MAPS = ("truncate", "tile", "auto")
+# freeze_following_norm values: False, True / "all" (the whole norm layer), "affine" (only its scale/offset).
+NORM_FREEZES = (False, True, "all", "affine")
 _NORMS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization, keras.layers.GroupNormalization)
 
 
@@ -63,28 +71,6 @@ class TransferReport:
             for e in self.entries
         ]
         return "\n".join([head, *rows])
-
-
-def _selection(available, n, order):
-    if order not in ORDERS:
-        raise ValueError(f"order={order!r}; allowed: {', '.join(ORDERS)}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= available:
-        raise ValueError(f"n={n!r} is out of range; allowed: 0..{available} layers")
-    return list(range(n)) if order == "first" else list(range(available - n, available))
-
-
-def _canonical(value, entry):
-    """Depthwise kernels as (kh, kw, C, multiplier), whatever layer holds them."""
-    if entry.attr == "kernel" and isinstance(entry.layer, keras.layers.Conv2D) and not isinstance(
-        entry.layer, keras.layers.DepthwiseConv2D
-    ) and entry.layer.groups > 1:
-        kh, kw, _, c = value.shape
-        return value.reshape(kh, kw, c, 1)
-    return value
-
-
-def _from_canonical(value, entry):
-    return value.reshape(entry.kernel_shape)
 
 
 def _map_spatial(value, shape, how):
@@ -180,7 +166,7 @@ def freeze_filters(model, n, kind="depthwise", order="first", freeze_following_n
     controls, reversed experiments). Returns a `TransferReport`; recompile afterwards."""
     layers = filter_layers(model, kind)
     entries = []
-    for i in _selection(len(layers), n, order):
+    for i in select_indices(len(layers), n, order):
         entry = TransferEntry(i, None, layers[i].name, None, layers[i].kernel_shape)
         _freeze(layers[i], entry, freeze_following_norm)
         entries.append(entry)
@@ -230,15 +216,14 @@ def transfer_filters(
             f"n={n} is out of range; allowed: 0..{available} ({kind} layers: source {len(src_layers)}, "
             f"target {len(dst_layers)})"
         )
-    src_idx = _selection(len(src_layers), n, order)
-    dst_idx = _selection(len(dst_layers), n, order)
+    src_idx = select_indices(len(src_layers), n, order)
+    dst_idx = select_indices(len(dst_layers), n, order)
     # Validate and map every kernel before writing anything, so a bad layer leaves target untouched.
     planned = []
     for i, j in zip(src_idx, dst_idx):
         s, d = src_layers[i], dst_layers[j]
-        value = _canonical(keras.ops.convert_to_numpy(s.kernel), s)
-        target_canon = _canonical(np.zeros(d.kernel_shape, dtype=np.float32), d).shape
-        mapped, how = _map_value(value, target_canon, kernel_map, channel_map, s.name, d.name)
+        value = canonical_kernel(keras.ops.convert_to_numpy(s.kernel), s)
+        mapped, how = _map_value(value, d.canonical_shape, kernel_map, channel_map, s.name, d.name)
         bias = None
         if copy_bias and not s.shares_layer and not d.shares_layer:
             sb, db = getattr(s.layer, "bias", None), getattr(d.layer, "bias", None)
@@ -246,7 +231,7 @@ def transfer_filters(
                 bias = keras.ops.convert_to_numpy(sb)
                 if bias.shape != tuple(db.shape):
                     bias = _map_channels(bias, tuple(db.shape), "auto", [0])
-        planned.append((j, s, d, _from_canonical(mapped, d), how, bias))
+        planned.append((j, s, d, from_canonical_kernel(mapped, d), how, bias))
     entries = []
     for j, s, d, kernel, how, bias in planned:
         d.kernel.assign(kernel.astype(keras.backend.standardize_dtype(d.kernel.dtype)))
@@ -283,3 +268,4 @@ def _auto_channels(value, shape):
 _auto_kernel.__name__ = "auto"
 _auto_channels.__name__ = "auto"
 _AUTO = {"kernel_map": _auto_kernel, "channel_map": _auto_channels}
+

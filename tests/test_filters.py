@@ -1,7 +1,9 @@
 import keras
+import numpy as np
 import pytest
 
 import mk_keras
+from mk_keras.filters import canonical_kernel, from_canonical_kernel, iter_layers, select_indices
 
 pytestmark = pytest.mark.backend_agnostic
 
@@ -62,3 +64,33 @@ def test_bad_kind_and_bad_model():
         mk_keras.filter_layers(model, "dw")
     with pytest.raises(ValueError, match="expected a keras.Model"):
         mk_keras.filter_layers("resnet10_cifar", "conv")
+
+
+def test_iter_layers_yields_leaves_of_nested_models_in_forward_order():
+    inner = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="a"),
+                              keras.layers.ReLU(name="b")], name="inner")
+    outer = keras.Sequential([keras.Input((8, 8, 3)), inner, keras.layers.Flatten(name="c")])
+    assert [layer.name for layer in iter_layers(outer)] == ["a", "b", "c"]
+
+
+def test_canonical_kernel_of_grouped_conv_with_multiplier_round_trips():
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(6, 3, groups=3, name="g")(inputs))
+    (entry,) = mk_keras.filter_layers(model, "depthwise")
+    value = np.arange(3 * 3 * 1 * 6, dtype="float32").reshape(3, 3, 1, 6)  # output o = channel * 2 + j
+    canon = canonical_kernel(value, entry)
+    assert canon.shape == entry.canonical_shape == (3, 3, 3, 2)
+    np.testing.assert_array_equal(canon[:, :, 1, 0], value[:, :, 0, 2])
+    np.testing.assert_array_equal(from_canonical_kernel(canon, entry), value)
+
+
+@pytest.mark.parametrize("n, order, expected", [(2, "first", [0, 1]), (2, "last", [3, 4]), (0, "last", [])])
+def test_select_indices(n, order, expected):
+    assert select_indices(5, n, order) == expected
+
+
+@pytest.mark.parametrize("n, order, message", [(6, "first", r"n=6 is out of range; allowed: 0..5"),
+                                               (True, "first", r"n=True"), (1, "mid", r"order='mid'; allowed")])
+def test_select_indices_rejects_bad_values(n, order, message):
+    with pytest.raises(ValueError, match=message):
+        select_indices(5, n, order)
