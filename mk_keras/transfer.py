@@ -3,12 +3,29 @@
 Trainability changes take effect at the next `compile()`: call `transfer_filters` / `freeze_filters`
 before compiling, or compile again afterwards (Keras 3 snapshots trainable weights at compile time).
 
-Freezing sets `layer.trainable = False`, which freezes the layer's kernel and bias. A
-`SeparableConv2D` holds a depthwise and a pointwise kernel in one layer: freezing its depthwise half
-freezes the whole layer, and the report lists the pointwise kernel under `also_frozen`.
+What freezing freezes (the report's `frozen_variables` lists every variable path):
+
+- a layer holding one kernel (`Conv2D`, `DepthwiseConv2D`, `Dense`): the whole layer (`layer.trainable =
+  False`), i.e. its kernel and bias; stored in `.keras` files;
+- a `SeparableConv2D` holds a depthwise and a pointwise kernel: only the transferred kernel variable
+  (`variable.trainable = False`), the other half and the bias keep training;
+- `freeze_following_norm` ("all" or True): the whole normalisation layer right after each frozen layer.
+  A frozen `BatchNormalization` runs in inference mode in Keras 3: it normalises with its moving
+  mean/variance (copied from the source; in `freeze_filters`, mean 0 and variance 1 at initialisation, which
+  switches normalisation off) and never updates them. "affine" freezes only its scale/offset (gamma/beta
+  variables): the layer keeps normalising with batch statistics in training and updating its moving ones.
+
+Variable-level freezes (SeparableConv2D halves, "affine") are not stored in `.keras` files or model
+configs: rebuild with `transfer_filters` to train again; `mk_keras.export` reads them from the run's
+`transfer_report.json`.
+
+The report records the sha256 of the C-order bytes of each source kernel (and bias) before mapping and of
+each target kernel (and bias) as assigned (`freeze_filters`: as frozen), so an export can prove that the
+frozen filters it holds are the transferred ones.
 """
 
 import dataclasses
+import hashlib
 
 import keras
 import numpy as np
@@ -22,26 +39,47 @@ from mk_keras.filters import (
     select_indices,
 )
 
+__all__ = ["CHANNEL_MAPS", "KERNEL_MAPS", "NORM_FREEZES", "ORDERS", "TransferEntry", "TransferReport",
+           "array_sha256", "freeze_filters", "transfer_filters"]
+
 KERNEL_MAPS = ("center_crop", "zero_pad", "resize", "auto")
 CHANNEL_MAPS = ("truncate", "tile", "auto")
-# freeze_following_norm values: False, True / "all" (the whole norm layer), "affine" (only its scale/offset).
+# freeze_following_norm: False; True or "all" (the whole norm layer); "affine" (only its gamma/beta).
 NORM_FREEZES = (False, True, "all", "affine")
 _NORMS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization, keras.layers.GroupNormalization)
 
 
+def array_sha256(array):
+    """sha256 (hex) of an array's C-order bytes, e.g. `array_sha256(keras.ops.convert_to_numpy(variable))`."""
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _value_sha256(variable):
+    return array_sha256(keras.ops.convert_to_numpy(variable))
+
+
 @dataclasses.dataclass
 class TransferEntry:
-    """One copied (or frozen) layer."""
+    """One copied (or frozen in place) filter layer; `*_sha256` are `array_sha256` of the variable values."""
 
-    index: int
+    index: int  # target filter index (`filter_layers(target, kind)`)
+    source_index: int | None
     source_layer: str | None
     target_layer: str
     source_shape: tuple | None
     target_shape: tuple
+    variable: str  # the target kernel's variable path
     mapping: str | None = None
+    source_sha256: str | None = None  # source kernel, before mapping
+    kernel_sha256: str | None = None  # target kernel as assigned (freeze_filters: as frozen)
     bias_copied: bool = False
-    frozen: bool = False
-    also_frozen: list = dataclasses.field(default_factory=list)
+    source_bias_sha256: str | None = None
+    bias_sha256: str | None = None
+    frozen: bool = False  # the target kernel is frozen
+    norm_layer: str | None = None  # the normalisation layer after the target layer, when frozen with it
+    norm_copied: bool = False
+    frozen_layers: list = dataclasses.field(default_factory=list)  # set trainable=False: every variable frozen
+    frozen_variables: list = dataclasses.field(default_factory=list)  # every variable path this entry froze
 
 
 @dataclasses.dataclass
@@ -52,22 +90,40 @@ class TransferReport:
     n: int
     order: str
     freeze: bool
+    freeze_following_norm: object
     entries: list
 
     @property
     def frozen_layers(self):
-        """Names of the target layers set to `trainable=False` (following norms included)."""
-        names = [e.target_layer for e in self.entries if e.frozen]
-        return names + [x for e in self.entries for x in e.also_frozen if not x.endswith("_kernel")]
+        """Target layers with at least one frozen variable (following norms included), in entry order."""
+        names = []
+        for e in self.entries:
+            names += [e.target_layer] if e.frozen else []
+            names += [e.norm_layer] if e.norm_layer else []
+        return list(dict.fromkeys(names))
+
+    @property
+    def fully_frozen_layers(self):
+        """Target layers set to `trainable=False` (all their variables frozen)."""
+        return list(dict.fromkeys(name for e in self.entries for name in e.frozen_layers))
+
+    @property
+    def frozen_variables(self):
+        """Paths of every frozen variable."""
+        return list(dict.fromkeys(path for e in self.entries for path in e.frozen_variables))
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        """The fields, plus `frozen_layers`, `fully_frozen_layers` and `frozen_variables`."""
+        return {**dataclasses.asdict(self), "frozen_layers": self.frozen_layers,
+                "fully_frozen_layers": self.fully_frozen_layers, "frozen_variables": self.frozen_variables}
 
     def __str__(self):
-        head = f"transfer {self.kind} n={self.n} order={self.order} freeze={self.freeze}"
+        head = (f"transfer {self.kind} n={self.n} order={self.order} freeze={self.freeze} "
+                f"freeze_following_norm={self.freeze_following_norm}")
         rows = [
             f"  [{e.index:3d}] {e.source_layer or '-':<32} -> {e.target_layer:<32} {e.target_shape}"
-            f"{' map=' + e.mapping if e.mapping else ''}{' frozen' if e.frozen else ''}"
+            f"{' map=' + e.mapping if e.mapping else ''}"
+            f"{' frozen: ' + ', '.join(e.frozen_variables) if e.frozen_variables else ''}"
             for e in self.entries
         ]
         return "\n".join([head, *rows])
@@ -140,37 +196,85 @@ def _map_value(value, target_shape, kernel_map, channel_map, src, dst):
     return value, "+".join(applied)
 
 
-def _following_norm(layer):
-    """The normalisation layer fed by `layer` alone, if any (BN after a conv, LN after a ConvNeXt dwconv)."""
-    users = [node.operation for node in getattr(layer, "_outbound_nodes", [])]
+def _following_norm(filter_layer):
+    """The normalisation layer fed by `filter_layer`'s layer alone, if any (BN after a conv, LN after a ConvNeXt
+    dwconv); None for the depthwise half of a SeparableConv2D (its pointwise half comes first)."""
+    if filter_layer.attr == "depthwise_kernel":
+        return None
+    users = [node.operation for node in getattr(filter_layer.layer, "_outbound_nodes", [])]
     return users[0] if len(users) == 1 and isinstance(users[0], _NORMS) else None
 
 
-def _freeze(entry_layer, report_entry, freeze_following_norm, source_layer=None):
-    entry_layer.layer.trainable = False
-    report_entry.frozen = True
-    if entry_layer.shares_layer:
-        report_entry.also_frozen.append("pointwise_kernel")
-    if freeze_following_norm:
-        norm = _following_norm(entry_layer.layer)
-        if norm is not None:
-            src_norm = _following_norm(source_layer) if source_layer is not None else None
-            if src_norm is not None and [w.shape for w in src_norm.weights] == [w.shape for w in norm.weights]:
-                norm.set_weights(src_norm.get_weights())
-            norm.trainable = False
-            report_entry.also_frozen.append(norm.name)
+def _norm_mode(freeze_following_norm, freeze):
+    """None, "all" or "affine" from a `freeze_following_norm` value."""
+    if freeze_following_norm not in NORM_FREEZES:
+        raise ValueError(f"freeze_following_norm={freeze_following_norm!r}; allowed: "
+                         f"{', '.join(map(repr, NORM_FREEZES))}")
+    if not freeze_following_norm:
+        return None
+    if not freeze:
+        raise ValueError(f"freeze_following_norm={freeze_following_norm!r} needs freeze=True (nothing is frozen "
+                         "with freeze=False)")
+    return "affine" if freeze_following_norm == "affine" else "all"
+
+
+def _describe_norm(norm):
+    if norm is None:
+        return "no normalisation layer"
+    return f"{type(norm).__name__} {norm.name!r} {[tuple(w.shape) for w in norm.weights]}"
+
+
+def _check_norms(src, dst):
+    """The target's following norm and the source's to copy into it; raises when they do not match."""
+    dst_norm = _following_norm(dst)
+    if dst_norm is None:
+        return None, None
+    src_norm = _following_norm(src)
+    if src_norm is None or type(src_norm) is not type(dst_norm) or (
+        [tuple(w.shape) for w in src_norm.weights] != [tuple(w.shape) for w in dst_norm.weights]
+    ):
+        raise ValueError(
+            f"freeze_following_norm cannot copy the norm after source layer {src.name!r} "
+            f"({_describe_norm(src_norm)}) into the norm after target layer {dst.name!r} ({_describe_norm(dst_norm)}); "
+            "pass freeze_following_norm=False"
+        )
+    return src_norm, dst_norm
+
+
+def _freeze(filter_layer, entry, norm, norm_mode):
+    """Freeze the kernel of `filter_layer` (its whole layer unless it shares it) and `norm` per `norm_mode`."""
+    layers = [] if filter_layer.shares_layer else [filter_layer.layer]
+    variables = [filter_layer.kernel] if filter_layer.shares_layer else []
+    if norm is not None and norm_mode == "all":
+        layers.append(norm)
+    elif norm is not None:
+        affine = [v for v in (getattr(norm, "gamma", None), getattr(norm, "beta", None)) if v is not None]
+        variables += affine
+        norm = norm if affine else None
+    for layer in layers:
+        layer.trainable = False
+    for variable in variables:
+        variable.trainable = False
+    entry.frozen = True
+    entry.norm_layer = norm.name if norm is not None else None
+    entry.frozen_layers = [layer.name for layer in layers]
+    entry.frozen_variables = [v.path for layer in layers for v in layer.weights] + [v.path for v in variables]
 
 
 def freeze_filters(model, n, kind="depthwise", order="first", freeze_following_norm=False):
     """Freeze the first (or last) `n` filter layers of `kind` in place, without copying (random-frozen
-    controls, reversed experiments). Returns a `TransferReport`; recompile afterwards."""
+    controls, reversed experiments); `freeze_following_norm` as in `transfer_filters` (the norm is frozen
+    as it is, not copied). Returns a `TransferReport`; recompile afterwards."""
+    norm_mode = _norm_mode(freeze_following_norm, True)
     layers = filter_layers(model, kind)
     entries = []
     for i in select_indices(len(layers), n, order):
-        entry = TransferEntry(i, None, layers[i].name, None, layers[i].kernel_shape)
-        _freeze(layers[i], entry, freeze_following_norm)
+        fl = layers[i]
+        entry = TransferEntry(i, None, None, fl.name, None, fl.kernel_shape, fl.kernel.path,
+                              kernel_sha256=_value_sha256(fl.kernel))
+        _freeze(fl, entry, _following_norm(fl) if norm_mode else None, norm_mode)
         entries.append(entry)
-    return TransferReport(kind, n, order, True, entries)
+    return TransferReport(kind, n, order, True, freeze_following_norm, entries)
 
 
 def transfer_filters(
@@ -193,15 +297,19 @@ def transfer_filters(
       n: number of layers, 0..min(available in source, available in target).
       kind: 'depthwise', 'pointwise' or 'conv'.
       order: 'first' (AnB) or 'last' (reversed experiments: layers from the end).
-      freeze: `trainable=False` on the copied layers (AnB/BnB); False keeps them trainable (AnB+/BnB+).
+      freeze: freeze the copied kernels (AnB/BnB; see the module docstring for what else freezes);
+        False keeps them trainable (AnB+/BnB+).
       copy_bias: also copy the bias when both layers have one of matching (mapped) shape.
       kernel_map: None (spatial sizes must match), 'center_crop', 'zero_pad', 'resize' (bilinear,
         antialiased), 'auto' (crop when larger, pad when smaller) or `fn(kernel, target_shape)`.
       channel_map: None (channels must match), 'truncate', 'tile' (repeat channels cyclically),
         'auto' (truncate or tile) or `fn(kernel, target_shape)`.
-      freeze_following_norm: when freezing, also copy and freeze the normalisation layer that directly
-        follows each frozen layer.
-    Returns a `TransferReport`. Recompile `target` afterwards (see module docstring).
+      freeze_following_norm: one of `NORM_FREEZES`, with `freeze`: copy the normalisation layer right after
+        each source layer into the one after its target layer and freeze it: True/"all" the whole layer
+        (a frozen BatchNormalization then normalises with its moving statistics), "affine" only its
+        gamma/beta. The two norms must have the same type and weight shapes.
+    Returns a `TransferReport`. Everything is validated before `target` changes. Recompile `target`
+    afterwards (see module docstring).
     """
     if source is target:
         raise ValueError("source and target are the same model object; pass a separately built target")
@@ -209,6 +317,7 @@ def transfer_filters(
         raise ValueError(f"unknown filter kind {kind!r}; allowed: {', '.join(FILTER_KINDS)}")
     kernel_map = _resolve_map("kernel_map", kernel_map, KERNEL_MAPS)
     channel_map = _resolve_map("channel_map", channel_map, CHANNEL_MAPS)
+    norm_mode = _norm_mode(freeze_following_norm, freeze)
     src_layers, dst_layers = filter_layers(source, kind), filter_layers(target, kind)
     available = min(len(src_layers), len(dst_layers))
     if isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > available:
@@ -218,31 +327,37 @@ def transfer_filters(
         )
     src_idx = select_indices(len(src_layers), n, order)
     dst_idx = select_indices(len(dst_layers), n, order)
-    # Validate and map every kernel before writing anything, so a bad layer leaves target untouched.
+    # Validate and map every kernel (and norm) before writing anything, so a bad layer leaves target untouched.
     planned = []
     for i, j in zip(src_idx, dst_idx):
         s, d = src_layers[i], dst_layers[j]
-        value = canonical_kernel(keras.ops.convert_to_numpy(s.kernel), s)
-        mapped, how = _map_value(value, d.canonical_shape, kernel_map, channel_map, s.name, d.name)
+        raw = keras.ops.convert_to_numpy(s.kernel)
+        mapped, how = _map_value(canonical_kernel(raw, s), d.canonical_shape, kernel_map, channel_map, s.name, d.name)
+        entry = TransferEntry(j, i, s.name, d.name, s.kernel_shape, d.kernel_shape, d.kernel.path, how,
+                              source_sha256=array_sha256(raw))
         bias = None
         if copy_bias and not s.shares_layer and not d.shares_layer:
             sb, db = getattr(s.layer, "bias", None), getattr(d.layer, "bias", None)
             if sb is not None and db is not None:
                 bias = keras.ops.convert_to_numpy(sb)
+                entry.source_bias_sha256 = array_sha256(bias)
                 if bias.shape != tuple(db.shape):
                     bias = _map_channels(bias, tuple(db.shape), "auto", [0])
-        planned.append((j, s, d, from_canonical_kernel(mapped, d), how, bias))
-    entries = []
-    for j, s, d, kernel, how, bias in planned:
+        norms = _check_norms(s, d) if norm_mode else (None, None)
+        planned.append((entry, d, from_canonical_kernel(mapped, d), bias, norms))
+    for entry, d, kernel, bias, (src_norm, dst_norm) in planned:
         d.kernel.assign(kernel.astype(keras.backend.standardize_dtype(d.kernel.dtype)))
-        entry = TransferEntry(j, s.name, d.name, s.kernel_shape, d.kernel_shape, how)
+        entry.kernel_sha256 = _value_sha256(d.kernel)
         if bias is not None:
-            d.layer.bias.assign(bias)
+            d.layer.bias.assign(bias.astype(keras.backend.standardize_dtype(d.layer.bias.dtype)))
             entry.bias_copied = True
+            entry.bias_sha256 = _value_sha256(d.layer.bias)
+        if dst_norm is not None:
+            dst_norm.set_weights(src_norm.get_weights())
+            entry.norm_copied = True
         if freeze:
-            _freeze(d, entry, freeze_following_norm, s.layer)
-        entries.append(entry)
-    return TransferReport(kind, n, order, freeze, entries)
+            _freeze(d, entry, dst_norm, norm_mode)
+    return TransferReport(kind, n, order, freeze, freeze_following_norm, [e for e, *_ in planned])
 
 
 def _resolve_map(name, value, allowed):

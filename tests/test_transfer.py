@@ -1,3 +1,4 @@
+import hashlib
 import os
 
 import keras
@@ -7,6 +8,10 @@ import pytest
 import mk_keras
 
 pytestmark = pytest.mark.backend_agnostic
+
+
+def sha256(array):
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 def _np(v):
@@ -65,14 +70,19 @@ def test_order_last_freezes_the_last_layers():
 
 def test_freeze_filters_without_copy_and_following_norm():
     model = mk_keras.create_model("mobilenetv2_cifar", num_classes=3)
+    before = _kernels(model)
     report = mk_keras.freeze_filters(model, 2, freeze_following_norm=True)
-    assert report.frozen_layers == [
+    assert report.frozen_layers == report.fully_frozen_layers == [
         "stage1_block1_dwconv",
-        "stage2_block1_dwconv",
         "stage1_block1_dwconv_bn",
+        "stage2_block1_dwconv",
         "stage2_block1_dwconv_bn",
     ]
     assert not model.get_layer("stage1_block1_dwconv_bn").trainable
+    assert report.entries[0].frozen_variables == ["stage1_block1_dwconv/kernel"] + [
+        f"stage1_block1_dwconv_bn/{v}" for v in ("gamma", "beta", "moving_mean", "moving_variance")]
+    assert [e.kernel_sha256 for e in report.entries] == [sha256(k) for k in before[:2]]
+    assert report.entries[0].source_sha256 is None and not report.entries[0].norm_copied
 
 
 def test_following_norm_is_copied_when_frozen():
@@ -143,13 +153,101 @@ def test_applications_grouped_conv_to_depthwise_layer():
     np.testing.assert_array_equal(_kernels(target)[1], src.reshape(7, 7, 96, 1))
 
 
-def test_separable_layer_freezes_whole_layer_and_says_so():
-    def model():
-        inputs = keras.Input((8, 8, 3))
-        return keras.Model(inputs, keras.layers.SeparableConv2D(4, 3, name="sep")(inputs))
+def _separable():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.SeparableConv2D(4, 3, name="sep")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(x)))
 
-    report = mk_keras.transfer_filters(model(), target := model(), 1)
-    assert report.entries[0].also_frozen == ["pointwise_kernel"] and not target.get_layer("sep").trainable
+
+def _separable_values(model):
+    return {w.path: _np(w).copy() for w in model.get_layer("sep").weights}
+
+
+@pytest.mark.parametrize("kind, frozen", [("depthwise", "depthwise_kernel"), ("pointwise", "pointwise_kernel")])
+@pytest.mark.parametrize("copy", [True, False])
+def test_separable_layer_freezes_only_the_transferred_kernel(kind, frozen, copy):
+    target = _separable()
+    if copy:
+        report = mk_keras.transfer_filters(_separable(), target, 1, kind=kind)
+    else:
+        report = mk_keras.freeze_filters(target, 1, kind=kind)
+    layer = target.get_layer("sep")
+    assert layer.trainable and [w.path for w in layer.non_trainable_weights] == [f"sep/{frozen}"]
+    assert report.frozen_variables == [f"sep/{frozen}"] and report.entries[0].variable == f"sep/{frozen}"
+    assert report.frozen_layers == ["sep"] and report.fully_frozen_layers == []
+    before = _separable_values(target)
+    x = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype("float32")
+    target.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    target.fit(x, np.ones((8, 2), "float32"), batch_size=8, verbose=0)
+    after = _separable_values(target)
+    changed = sorted(path for path in before if not np.array_equal(before[path], after[path]))
+    assert changed == sorted({"sep/depthwise_kernel", "sep/pointwise_kernel", "sep/bias"} - {f"sep/{frozen}"})
+
+
+def test_report_records_source_and_target_hashes():
+    source, target, value = _dw_pair((7, 4), (3, 4))
+    source.get_layer("dw").bias.assign(np.arange(4, dtype="float32"))
+    report = mk_keras.transfer_filters(source, target, 1, kernel_map="center_crop")
+    entry = report.to_dict()["entries"][0]
+    assert entry["source_sha256"] == sha256(value)
+    assert entry["kernel_sha256"] == sha256(value[2:5, 2:5]) == sha256(_np(target.get_layer("dw").kernel))
+    assert entry["source_bias_sha256"] == entry["bias_sha256"] == sha256(np.arange(4, dtype="float32"))
+    assert (entry["source_index"], entry["index"], entry["variable"]) == (0, 0, "dw/kernel")
+    assert report.to_dict()["frozen_variables"] == ["dw/kernel", "dw/bias"]
+
+
+def test_following_norm_of_another_type_is_refused_before_target_changes():
+    source = mk_keras.create_model("convnext_micro_cifar", num_classes=3)
+    target = mk_keras.create_model("mobilenetv2_cifar", num_classes=3)
+    before = _kernels(target)
+    with pytest.raises(ValueError, match=r"source layer 'stage1_block1_dwconv' \(LayerNorm 'stage1_block1_norm' "
+                       r"\[\(24,\), \(24,\)\]\) into the norm after target layer 'stage1_block1_dwconv' "
+                       r"\(BatchNormalization 'stage1_block1_dwconv_bn' \[\(32,\)"):
+        mk_keras.transfer_filters(source, target, 2, kernel_map="auto", channel_map="auto",
+                                  freeze_following_norm=True)
+    for a, b in zip(before, _kernels(target)):
+        np.testing.assert_array_equal(a, b)
+    assert all(layer.trainable for layer in target.layers)
+
+
+def _bn_fit(model):
+    x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
+    model.train_on_batch(x, keras.utils.to_categorical(np.arange(16) % 3, 3))
+
+
+@pytest.mark.parametrize("mode", [True, "all", "affine"])
+def test_norm_freeze_all_uses_moving_statistics_and_affine_keeps_batch_statistics(mode):
+    source = mk_keras.create_model("resnet10_cifar", num_classes=3)
+    target = mk_keras.create_model("resnet10_cifar", num_classes=3)
+    report = mk_keras.transfer_filters(source, target, 1, kind="conv", freeze_following_norm=mode)
+    bn = target.get_layer("stem_bn")
+    before = {w.path: _np(w).copy() for w in bn.weights}
+    _bn_fit(target)
+    changed = {w.path for w in bn.weights if not np.array_equal(before[w.path], _np(w))}
+    entry = report.entries[0]
+    assert entry.norm_layer == "stem_bn" and entry.norm_copied
+    if mode == "affine":  # training mode: batch statistics, moving ones updated; gamma/beta frozen
+        assert bn.trainable and changed == {"stem_bn/moving_mean", "stem_bn/moving_variance"}
+        assert entry.frozen_variables == ["stem_conv/kernel", "stem_bn/gamma", "stem_bn/beta"]
+        assert report.fully_frozen_layers == ["stem_conv"] and report.frozen_layers == ["stem_conv", "stem_bn"]
+    else:  # inference mode: nothing in the layer changes
+        assert not bn.trainable and changed == set()
+        assert report.fully_frozen_layers == ["stem_conv", "stem_bn"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"freeze_following_norm": "gamma"}, r"freeze_following_norm='gamma'; allowed: False, True, 'all', 'affine'"),
+    ({"freeze_following_norm": "all", "freeze": False}, r"freeze_following_norm='all' needs freeze=True"),
+])
+def test_bad_norm_freeze(kwargs, message):
+    source = mk_keras.create_model("resnet10_cifar", num_classes=3)
+    target = mk_keras.create_model("resnet10_cifar", num_classes=3)
+    with pytest.raises(ValueError, match=message):
+        mk_keras.transfer_filters(source, target, 1, kind="conv", **kwargs)
+    with pytest.raises(ValueError, match=r"freeze_following_norm='gamma'"):
+        mk_keras.freeze_filters(target, 1, kind="conv", freeze_following_norm="gamma")
+    assert all(layer.trainable for layer in target.layers)
 
 
 @pytest.mark.parametrize(
