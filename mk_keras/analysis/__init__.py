@@ -1,10 +1,13 @@
-"""Filter analysis: atlases, cross-model similarity, clustering and the 8 master-key filters."""
+"""Filter analysis: atlases, cross-model similarity, clustering; re-exports the master keys (`mk_keras.master_keys`).
+
+A leaf package (needs scikit-learn and matplotlib): nothing in mk_keras imports it except `mk_keras.cli.filters`.
+"""
 
 from mk_keras.analysis.atlas import atlas_rows, plot_atlas
 from mk_keras.analysis.clusters import ClusterResult, cluster_filters, layer_proportions, pool_filters
 from mk_keras.analysis.kernels import ANALYSIS_KINDS, layer_filters, normalize_filters, random_layer_filters
-from mk_keras.analysis.layers import MasterKeyDepthwiseConv2D
-from mk_keras.analysis.master_keys import (
+from mk_keras.analysis.similarity import LayerSimilarity, compare_models, filter_similarity
+from mk_keras.master_keys import (
     MASTER_KEY_NAMES,
     MASTER_KEY_PARAMS,
     SHIFTS,
@@ -14,8 +17,8 @@ from mk_keras.analysis.master_keys import (
     fit_master_keys,
     master_keys,
 )
-from mk_keras.analysis.similarity import LayerSimilarity, compare_models, filter_similarity
-from mk_keras.analysis.sources import load_model
+from mk_keras.models.layers import MasterKeyDepthwiseConv2D
+from mk_keras.sources import ModelSource, load_source
 
 __all__ = [
     "ANALYSIS_KINDS",
@@ -27,6 +30,7 @@ __all__ = [
     "MasterKeyDepthwiseConv2D",
     "MasterKeyFit",
     "MasterKeyReport",
+    "ModelSource",
     "assign_master_keys",
     "atlas_rows",
     "cluster_filters",
@@ -35,7 +39,7 @@ __all__ = [
     "fit_master_keys",
     "layer_filters",
     "layer_proportions",
-    "load_model",
+    "load_source",
     "master_keys",
     "normalize_filters",
     "plot_atlas",

@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 from mk_keras.analysis.kernels import layer_filters, normalize_filters, sample_filters
-from mk_keras.analysis.master_keys import MASTER_KEY_NAMES, fit_master_keys
+from mk_keras.master_keys import MASTER_KEY_NAMES, fit_master_keys
 from mk_keras.analysis.plotting import FILTER_CMAP, display_scaled, new_figure
 
 CLUSTER_METHODS = ("kmeans", "autoencoder")

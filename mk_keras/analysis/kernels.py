@@ -1,15 +1,15 @@
-"""2-D filters of a model as NumPy arrays, and the centring / normalisation every analysis uses."""
+"""2-D filters of a model as NumPy arrays; the centring / normalisation every analysis uses
+(`normalize_filters`, defined in `mk_keras.master_keys`) and reproducible sub-sampling."""
 
 import keras
 import numpy as np
 
-from mk_keras.analysis.layers import MasterKeyDepthwiseConv2D
-from mk_keras.filters import filter_layers
-from mk_keras.transfer import _canonical
+from mk_keras.filters import canonical_kernel, filter_layers
+from mk_keras.master_keys import normalize_filters
+from mk_keras.models.layers import MasterKeyDepthwiseConv2D
 
 ANALYSIS_KINDS = ("depthwise", "conv")
-# A centred filter with a norm below this is treated as constant (it has no shape to compare).
-MIN_NORM = 1e-8
+__all__ = ["ANALYSIS_KINDS", "layer_filters", "normalize_filters", "random_layer_filters", "sample_filters"]
 
 
 def layer_filters(model, kind="depthwise"):
@@ -51,22 +51,9 @@ def random_layer_filters(model, kind="depthwise", seed=0):
 
 def _as_2d(value, entry):
     """A kernel of `entry` as (N, kh, kw) float64 filters."""
-    value = _canonical(value, entry).astype(np.float64)
+    value = canonical_kernel(value, entry).astype(np.float64)
     kh, kw = value.shape[:2]
     return value.reshape(kh, kw, -1).transpose(2, 0, 1)
-
-
-def normalize_filters(filters):
-    """Centre each filter (subtract its mean) and scale it to unit L2 norm: x̂ = (y - mean y) / |y - mean y|.
-
-    `filters`: (N, kh, kw). Returns `(x̂ as (M, kh*kw), keep)`, `keep` the boolean mask of the M filters
-    that are not constant (centred norm >= MIN_NORM).
-    """
-    flat = np.asarray(filters, dtype=np.float64).reshape(len(filters), -1)
-    centred = flat - flat.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(centred, axis=1)
-    keep = norms >= MIN_NORM
-    return centred[keep] / norms[keep, None], keep
 
 
 def sample_filters(filters, max_filters, seed, *key):

@@ -2,6 +2,9 @@
 
 Caffe reference layout without LRN and without the two-GPU grouping (grouped convolutions are not
 supported by every CPU kernel). Names: `conv1`..`conv5`, `fc6`, `fc7`, `head_dense` (fc8).
+Initialisation as Caffe's reference network, which Yosinski et al. (2014) trained (BVLC/caffe
+models/bvlc_reference_caffenet/train_val.prototxt, 2014): Gaussian weights, std 0.01 (fc6, fc7: 0.005);
+biases 1 in conv2, conv4, conv5, fc6, fc7 and 0 in conv1, conv3, fc8 (docs/models.md).
 """
 
 import keras
@@ -16,21 +19,35 @@ MODEL_CONFIGS = {
 }
 
 
+# Convs whose Caffe reference bias starts at 1 (the others at 0).
+_UNIT_BIAS_CONVS = (2, 4, 5)
+
+
 def AlexNet(convs, fc, first_padding="valid", num_classes=1000, input_shape=(227, 227, 3), dropout=0.5, include_top=True, name="alexnet"):
     """Generic 5-conv / 3-dense builder."""
     inputs = keras.Input(shape=input_shape, name="image")
     x = preprocessing(inputs, input_shape[-1])
     for i, (filters, kernel, stride, pool) in enumerate(convs, start=1):
         padding = first_padding if i == 1 else "same"
-        x = keras.layers.Conv2D(filters, kernel, strides=stride, padding=padding, activation="relu", name=f"conv{i}")(x)
+        x = keras.layers.Conv2D(
+            filters, kernel, strides=stride, padding=padding, activation="relu",
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+            bias_initializer=keras.initializers.Constant(1.0 if i in _UNIT_BIAS_CONVS else 0.0), name=f"conv{i}",
+        )(x)
         if pool:
             x = keras.layers.MaxPooling2D(3, strides=2, padding="same" if first_padding == "same" else "valid", name=f"pool{i}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     for i in (6, 7):
-        x = keras.layers.Dense(fc, activation="relu", name=f"fc{i}")(x)
+        x = keras.layers.Dense(
+            fc, activation="relu", kernel_initializer=keras.initializers.RandomNormal(stddev=0.005),
+            bias_initializer=keras.initializers.Constant(1.0), name=f"fc{i}",
+        )(x)
         x = keras.layers.Dropout(dropout, name=f"drop{i}")(x)
     if include_top:
-        x = keras.layers.Dense(num_classes, dtype="float32", name="head_dense")(x)
+        x = keras.layers.Dense(
+            num_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01), dtype="float32",
+            name="head_dense",
+        )(x)
     return keras.Model(inputs, x, name=name)
 
 

@@ -5,10 +5,14 @@ Layer names are deterministic: `stem_conv`, `stage{s}_downsample_conv`, `stage{s
 and blocks count from 1. Pointwise convolutions are `Dense` layers on NHWC tensors (as in
 keras.applications), which `filter_layers(model, "pointwise")` counts.
 `*_cifar` variants use a 2x2/2 stem for 28-64 px inputs (ImageNet variants: 4x4/4 at 224 px).
+Initialisation as the reference `_init_weights` (facebookresearch/ConvNeXt models/convnext.py, ConvNeXt-V2
+models/convnextv2.py, timm convnext.py): every conv and dense kernel (depthwise included) normal with std 0.02,
+biases 0, LayerNorm 1/0, layer scale 1e-6, GRN 0 (docs/models.md).
 """
 
 import keras
 
+from mk_keras.models.initializers import trunc_normal_02
 from mk_keras.models.layers import (
     GlobalResponseNormalization,
     LayerNorm,
@@ -32,16 +36,27 @@ MODEL_CONFIGS = {
 CPU_CONFIGS = {"micro": {"depths": [1, 1, 2, 1], "widths": [24, 48, 96, 192]}}
 
 
+def _conv(filters, size, name):
+    """A size x size / size patchify conv (stem, downsampling)."""
+    return keras.layers.Conv2D(filters, size, strides=size, kernel_initializer=trunc_normal_02(), name=name)
+
+
+def _dense(units, name, **kwargs):
+    return keras.layers.Dense(units, kernel_initializer=trunc_normal_02(), name=name, **kwargs)
+
+
 def convnext_block(x, dim, name, version=1, drop_path_rate=0.0, layer_scale_init=1e-6, kernel_size=7):
     """One ConvNeXt block: dwconv -> LN -> pwconv1 (4x) -> GELU [-> GRN] -> pwconv2 [-> scale] + x."""
     shortcut = x
-    x = keras.layers.DepthwiseConv2D(kernel_size, padding="same", name=f"{name}_dwconv")(x)
+    x = keras.layers.DepthwiseConv2D(
+        kernel_size, padding="same", depthwise_initializer=trunc_normal_02(), name=f"{name}_dwconv"
+    )(x)
     x = LayerNorm(epsilon=1e-6, name=f"{name}_norm")(x)
-    x = keras.layers.Dense(4 * dim, name=f"{name}_pwconv1")(x)
+    x = _dense(4 * dim, f"{name}_pwconv1")(x)
     x = keras.layers.Activation(gelu, name=f"{name}_gelu")(x)
     if version == 2:
         x = GlobalResponseNormalization(name=f"{name}_grn")(x)
-    x = keras.layers.Dense(dim, name=f"{name}_pwconv2")(x)
+    x = _dense(dim, f"{name}_pwconv2")(x)
     if version == 1 and layer_scale_init:
         x = LayerScale(layer_scale_init, name=f"{name}_layer_scale")(x)
     if drop_path_rate:
@@ -67,13 +82,13 @@ def ConvNeXt(
         raise ValueError(f"depths {depths} and widths {widths} must have the same length")
     inputs = keras.Input(shape=input_shape, name="image")
     x = preprocessing(inputs, input_shape[-1])
-    x = keras.layers.Conv2D(widths[0], stem_stride, strides=stem_stride, name="stem_conv")(x)
+    x = _conv(widths[0], stem_stride, "stem_conv")(x)
     x = LayerNorm(epsilon=1e-6, name="stem_norm")(x)
     total, done = sum(depths), 0
     for s, (depth, width) in enumerate(zip(depths, widths), start=1):
         if s > 1:
             x = LayerNorm(epsilon=1e-6, name=f"stage{s}_downsample_norm")(x)
-            x = keras.layers.Conv2D(width, 2, strides=2, name=f"stage{s}_downsample_conv")(x)
+            x = _conv(width, 2, f"stage{s}_downsample_conv")(x)
         for b in range(1, depth + 1):
             rate = drop_path_rate * done / max(total - 1, 1)
             x = convnext_block(
@@ -83,7 +98,7 @@ def ConvNeXt(
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
     x = LayerNorm(epsilon=1e-6, name="head_norm")(x)
     if include_top:
-        x = keras.layers.Dense(num_classes, dtype="float32", name="head_dense")(x)
+        x = _dense(num_classes, "head_dense", dtype="float32")(x)
     return keras.Model(inputs, x, name=name)
 
 

@@ -3,10 +3,13 @@
 Names: `stem_conv`, `stage{s}_block{b}_expand`, `..._dwconv`, `..._project` (with `_bn`/`_relu`
 suffixes), `head_conv`, `head_dense`. 17 depthwise layers at the standard configuration.
 `mobilenetv2_cifar` keeps the first two strides at 1 for 28-64 px inputs.
+Initialisation as torchvision (models/mobilenetv2.py): every conv, depthwise included, `kaiming_normal_(mode=
+"fan_out")` with torch's fan-out, BatchNorm 1/0, the head normal(0, 0.01) with bias 0 (docs/models.md).
 """
 
 import keras
 
+from mk_keras.models.initializers import kaiming_normal_fan_out, kaiming_normal_fan_out_depthwise
 from mk_keras.models.layers import preprocessing
 from mk_keras.models.registry import register_model
 
@@ -26,7 +29,10 @@ def _make_divisible(v, divisor=8):
 
 
 def _conv_bn_relu(x, filters, kernel, strides, name, relu=True):
-    x = keras.layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False, name=name)(x)
+    x = keras.layers.Conv2D(
+        filters, kernel, strides=strides, padding="same", use_bias=False,
+        kernel_initializer=kaiming_normal_fan_out(), name=name,
+    )(x)
     x = keras.layers.BatchNormalization(**_BN, name=f"{name}_bn")(x)
     return keras.layers.ReLU(6.0, name=f"{name}_relu")(x) if relu else x
 
@@ -38,7 +44,8 @@ def inverted_residual(x, expansion, filters, strides, name, kernel_size=3):
     if expansion != 1:
         x = _conv_bn_relu(x, in_channels * expansion, 1, 1, f"{name}_expand")
     x = keras.layers.DepthwiseConv2D(
-        kernel_size, strides=strides, padding="same", use_bias=False, name=f"{name}_dwconv"
+        kernel_size, strides=strides, padding="same", use_bias=False,
+        depthwise_initializer=kaiming_normal_fan_out_depthwise(), name=f"{name}_dwconv",
     )(x)
     x = keras.layers.BatchNormalization(**_BN, name=f"{name}_dwconv_bn")(x)
     x = keras.layers.ReLU(6.0, name=f"{name}_dwconv_relu")(x)
@@ -74,7 +81,10 @@ def MobileNetV2(
     x = _conv_bn_relu(x, last, 1, 1, "head_conv")
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
     if include_top:
-        x = keras.layers.Dense(num_classes, dtype="float32", name="head_dense")(x)
+        x = keras.layers.Dense(
+            num_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01), dtype="float32",
+            name="head_dense",
+        )(x)
     return keras.Model(inputs, x, name=name)
 
 

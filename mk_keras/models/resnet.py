@@ -3,10 +3,13 @@
 Flat functional graphs with deterministic names: `stem_conv`, `stage{s}_block{b}_conv{1,2,3}`,
 `..._bn{1,2,3}`, `..._shortcut_conv`, `head_dense`. `*_cifar` variants use a 3x3/1 stem and no
 max-pool for 28-64 px inputs (Yosinski-style regular-CNN contrast at CPU scale).
+Initialisation as torchvision (models/resnet.py): convs `kaiming_normal_(mode="fan_out", nonlinearity="relu")`,
+BatchNorm gamma 1 / beta 0, the head PyTorch's default `nn.Linear` init (docs/models.md).
 """
 
 import keras
 
+from mk_keras.models.initializers import kaiming_normal_fan_out, torch_linear_default
 from mk_keras.models.layers import preprocessing
 from mk_keras.models.registry import register_model
 
@@ -24,7 +27,8 @@ _BN = {"momentum": 0.9, "epsilon": 1e-5}
 
 def _conv_bn(x, filters, kernel, strides, name, suffix, relu=True):
     x = keras.layers.Conv2D(
-        filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv{suffix}"
+        filters, kernel, strides=strides, padding="same", use_bias=False,
+        kernel_initializer=kaiming_normal_fan_out(), name=f"{name}_conv{suffix}",
     )(x)
     x = keras.layers.BatchNormalization(**_BN, name=f"{name}_bn{suffix}")(x)
     return keras.layers.ReLU(name=f"{name}_relu{suffix}")(x) if relu else x
@@ -33,7 +37,10 @@ def _conv_bn(x, filters, kernel, strides, name, suffix, relu=True):
 def _shortcut(x, filters, strides, name):
     if strides == 1 and x.shape[-1] == filters:
         return x
-    x = keras.layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{name}_shortcut_conv")(x)
+    x = keras.layers.Conv2D(
+        filters, 1, strides=strides, use_bias=False, kernel_initializer=kaiming_normal_fan_out(),
+        name=f"{name}_shortcut_conv",
+    )(x)
     return keras.layers.BatchNormalization(**_BN, name=f"{name}_shortcut_bn")(x)
 
 
@@ -83,7 +90,11 @@ def ResNet(
             x = block_fn(x, width, strides, f"stage{s}_block{b}")
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
     if include_top:
-        x = keras.layers.Dense(num_classes, dtype="float32", name="head_dense")(x)
+        kernel_init, bias_init = torch_linear_default(x.shape[-1])
+        x = keras.layers.Dense(
+            num_classes, kernel_initializer=kernel_init, bias_initializer=bias_init, dtype="float32",
+            name="head_dense",
+        )(x)
     return keras.Model(inputs, x, name=name)
 
 

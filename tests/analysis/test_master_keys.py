@@ -1,3 +1,5 @@
+import zipfile
+
 import keras
 import numpy as np
 import pytest
@@ -168,6 +170,23 @@ def test_keras_file_round_trip_keeps_frozen_kernel_and_shift(tmp_path):
     np.testing.assert_allclose(to_np(loaded(x)), to_np(model(x)), atol=1e-5)
     clone = keras.models.clone_model(model).get_layer("dw2")
     assert isinstance(clone, MasterKeyDepthwiseConv2D) and not clone.kernel.trainable
+
+
+def test_a_file_saved_when_the_layer_lived_in_mk_keras_analysis_still_loads(tmp_path):
+    """Files record the layer's module; the registered name `mk_keras>MasterKeyDepthwiseConv2D` finds it."""
+    model, _ = assign_master_keys(tiny(), 1)
+    model.save(tmp_path / "new.keras")
+    with zipfile.ZipFile(tmp_path / "new.keras") as src, zipfile.ZipFile(tmp_path / "old.keras", "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                assert b'"mk_keras.models.layers"' in data
+                data = data.replace(b'"mk_keras.models.layers"', b'"mk_keras.analysis.layers"')
+            dst.writestr(item, data)
+    loaded = keras.saving.load_model(tmp_path / "old.keras")
+    assert type(loaded.get_layer("dw1")) is MasterKeyDepthwiseConv2D
+    x = np.random.default_rng(0).uniform(0, 1, (2, 12, 12, 3)).astype("float32")
+    np.testing.assert_allclose(to_np(loaded(x)), to_np(model(x)), atol=1e-6)
 
 
 def test_bad_inputs_give_clear_errors():

@@ -75,7 +75,7 @@ def test_atlas_of_a_run_directory_and_a_keras_application(tmp_path, planted_file
     [
         (["cluster", "{planted}", "--k=0"], "k=0 must be a positive integer"),
         (["cluster", "{conv}"], "has no depthwise layers"),
-        (["atlas", "{bad}"], "cannot read model file"),
+        (["atlas", "{bad}"], "cannot load model file"),
         (["atlas", "{tmp}/missing.keras"], "does not exist"),
         (["compare", "{planted}"], "compare needs exactly two models"),
         (["plot", "{planted}"], "unknown command 'plot'"),

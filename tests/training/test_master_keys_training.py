@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from mk_keras import create_model, filter_layers
-from mk_keras.analysis import MasterKeyDepthwiseConv2D, fit_master_keys, master_keys
+from mk_keras.master_keys import fit_master_keys, master_keys
+from mk_keras.models.layers import MasterKeyDepthwiseConv2D
 from mk_keras.training import MASTER_KEYS, train
 
 DW = ["stage1_block1_dwconv", "stage2_block1_dwconv"]
