@@ -102,7 +102,7 @@ def test_pipeline_feeds_fit():
     pipe = data.make_pipeline(loaded, batch_size=8, image_size=(32, 32), training=True, augment="basic", mixup=0.2)
     assert int(pipe.cardinality()) == 3  # 5 classes x 4 examples, known to Keras for progress and steps
     model = mk_keras.create_model("convnext_micro_cifar", num_classes=loaded.info.num_classes)
-    # XLA on a 2-core CPU is slower than the step itself (DESIGN.md); JAX always compiles.
+    # Whole-model XLA on a 2-core CPU is ~6x slower (docs/performance.md); JAX always compiles.
     jit = "auto" if keras.backend.backend() == "jax" else False
     model.compile(optimizer="adam", loss="categorical_crossentropy", jit_compile=jit)
     history = model.fit(pipe.take(2), epochs=1, verbose=0)
