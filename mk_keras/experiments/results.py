@@ -17,7 +17,7 @@ import uuid
 
 import numpy as np
 
-from mk_keras.experiments import locks
+from mk_keras.experiments import locks, stats
 from mk_keras.experiments.treatments import TREATMENTS
 
 COLUMNS = ("experiment", "model", "kind", "treatment", "n", "seed", "source_size", "dataset", "source", "top1",
@@ -51,17 +51,24 @@ def atomic_write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=1))
 
 
-def _read_json(path):
+def _read_json(path, remedy):
+    """The JSON content of `path`, or None when it does not exist; a truncated or corrupt file raises a
+    one-line ValueError naming it and `remedy` (what to do about it)."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
         return None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        reason = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+        raise ValueError(f"{path} is truncated or corrupt ({reason}); {remedy}") from None
 
 
 def read_result(output_dir, run_id):
     """The stored row of `run_id`, or None."""
-    return _read_json(result_path(output_dir, run_id))
+    return _read_json(result_path(output_dir, run_id),
+                      f"delete it and rerun the sweep to redo run {run_id} (its row is rebuilt from "
+                      f"{run_dir(output_dir, run_id)}/metrics.json when that run finished, else it is retrained)")
 
 
 def write_result(output_dir, row):
@@ -70,7 +77,9 @@ def write_result(output_dir, row):
 
 def read_metrics(path):
     """metrics.json of the run directory `path`, or None."""
-    return _read_json(os.path.join(path, "metrics.json"))
+    return _read_json(os.path.join(path, "metrics.json"),
+                      f"delete the run directory {path} (and its results/<run_id>.json, if any) and rerun the "
+                      "sweep to retrain that run")
 
 
 def dataset_label(spec, classes):
@@ -123,7 +132,10 @@ def add_relative_accuracy(rows):
 
 def load_definition(output_dir):
     """The sweep.json of `output_dir` (config, arms, runs)."""
-    definition = _read_json(os.path.join(output_dir, "sweep.json"))
+    definition = _read_json(os.path.join(output_dir, "sweep.json"),
+                            "delete it and rerun the sweep (mk-sweep --flagfile="
+                            f"{os.path.join(output_dir, 'flags.txt')}, plus any seeds, depths, models or treatments "
+                            "that earlier reruns added) to rewrite it")
     if definition is None:
         raise FileNotFoundError(f"{output_dir!r} holds no sweep.json; run the sweep first (or check the path)")
     return definition
@@ -135,28 +147,34 @@ def collect(output_dir, definition):
     return add_relative_accuracy([r for r in rows if r is not None])
 
 
-def _mean_std(values):
+def _spread(values):
+    """(mean, sample std, `stats.mean_ci` half-width) of the non-None `values`; std and half-width None
+    below two values, everything None without values."""
     values = [v for v in values if v is not None]
     if not values:
-        return None, None
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
+        return None, None, None
+    mean, half = stats.mean_ci(values)
+    return mean, float(np.std(values, ddof=1)) if len(values) > 1 else None, half
 
 
 def summarize(rows):
-    """Mean and sample std over seeds of top1 and relative_accuracy, per (model, kind, treatment,
-    source_size, n), in order of first appearance; finished runs only. Parameter counts are the first
-    seed's (they do not depend on the seed)."""
+    """Per (model, kind, treatment, source_size, n), in order of first appearance, over the seeds of the
+    finished runs: mean, sample std ("_std") and 95 % Student-t CI half-width of the mean ("_ci") of top1 and
+    relative_accuracy. Relative accuracy is already a per-seed ratio to baseB, so its CI is the paired
+    comparison with baseB. Parameter counts are the first seed's (they do not depend on the seed)."""
     groups = {}
     for r in rows:
         if r["status"] == "finished":
             groups.setdefault((r["model"], r["kind"], r["treatment"], r["source_size"], r["n"]), []).append(r)
     out = []
     for (model, kind, treatment, size, n), members in groups.items():
-        top1, top1_std = _mean_std([m["top1"] for m in members])
-        rel, rel_std = _mean_std([m["relative_accuracy"] for m in members])
+        top1, top1_std, top1_ci = _spread([m["top1"] for m in members])
+        rel, rel_std, rel_ci = _spread([m["relative_accuracy"] for m in members])
         out.append({"model": model, "kind": kind, "treatment": treatment, "source_size": size, "n": n,
-                    "seeds": len(members), "top1": top1, "top1_std": top1_std, "relative_accuracy": rel,
-                    "relative_accuracy_std": rel_std, "frozen_params": members[0].get("frozen_params"),
+                    "seeds": len(members), "top1": top1, "top1_std": top1_std, "top1_ci": top1_ci,
+                    "relative_accuracy": rel, "relative_accuracy_std": rel_std, "relative_accuracy_ci": rel_ci,
+                    "relative_accuracy_seeds": sum(m["relative_accuracy"] is not None for m in members),
+                    "frozen_params": members[0].get("frozen_params"),
                     "trainable_params": members[0].get("trainable_params")})
     return out
 
@@ -182,8 +200,9 @@ def write_tables(output_dir, rows):
 
 
 def merge(output_dir, poll_s=1.0, lock_stale_s=900.0):
-    """Build results.csv, results.jsonl, figures/*.png and report.md from the result files of
-    `output_dir` (runs without a result are left out and listed in the report); returns the rows.
+    """Build results.csv, results.jsonl, figures/*.png and report.md (with `stats.paired_differences`) from
+    the result files of `output_dir` (runs without a result are left out and listed in the report); returns
+    the rows.
 
     Merges are serialised by a lock, and each reads the result files after taking it, so the last merge
     of concurrent shards sees every result.
@@ -197,6 +216,7 @@ def merge(output_dir, poll_s=1.0, lock_stale_s=900.0):
         rows = collect(output_dir, definition)
         write_tables(output_dir, rows)
         summary = summarize(rows)
-        figures = plots.make_figures(rows, summary, definition, os.path.join(output_dir, "figures"))
-        report.write_report(output_dir, definition, rows, summary, figures)
+        paired = stats.paired_differences(rows)
+        figures = plots.make_figures(rows, summary, paired, definition, os.path.join(output_dir, "figures"))
+        report.write_report(output_dir, definition, rows, summary, paired, figures)
     return rows
