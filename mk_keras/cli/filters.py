@@ -17,7 +17,7 @@ import sys
 import keras
 from absl import flags
 
-from mk_keras.analysis import ANALYSIS_KINDS, load_model
+from mk_keras.analysis import ANALYSIS_KINDS
 from mk_keras.analysis.atlas import atlas_rows, plot_atlas
 from mk_keras.analysis.clusters import (
     CLUSTER_METHODS,
@@ -31,6 +31,7 @@ from mk_keras.analysis.clusters import (
 )
 from mk_keras.analysis.similarity import compare_models, plot_similarity, write_similarity_csv
 from mk_keras.cli import common
+from mk_keras.sources import load_source
 
 PROG = "mk-filters"
 
@@ -94,7 +95,7 @@ def run(
     latent_dim=8,
     epochs=50,
 ):
-    """Run one subcommand on model specs (see `mk_keras.analysis.load_model`); returns {output: path}."""
+    """Run one subcommand on model specs (see `mk_keras.sources.load_source`); returns {output: path}."""
     if command not in COMMANDS:
         raise ValueError(f"unknown command {command!r}; allowed: {', '.join(COMMANDS)}")
     if not models:
@@ -107,7 +108,7 @@ def run(
         raise ValueError(f"max_distance={max_distance!r} must be in [0, 2] (distance between unit vectors)")
     paths = _output_paths(command, out_dir, kind, overwrite)
     keras.utils.set_random_seed(seed)  # random-init models (registry and keras: names) are reproducible
-    loaded = [load_model(spec) for spec in models]
+    loaded = [(src.label, src.model) for src in map(load_source, models)]
     if command == "atlas":
         plot_atlas(atlas_rows(loaded, per_row, kind, seed), kind, paths["atlas"])
     elif command == "compare":

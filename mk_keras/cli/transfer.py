@@ -14,10 +14,7 @@ trainable per-channel shift, fitted to --master_key_reference's filters when giv
 directory also holds transfer_report.json.
 """
 
-import json
-import os
 import sys
-import zipfile
 
 from absl import flags
 
@@ -56,23 +53,15 @@ def define_flags(fv):
 
 
 def source_model_name(source):
-    """The architecture (registered model name) stored in a `.keras` file or a run directory's model.keras."""
+    """The registered architecture of `source` (a `.keras` file or a run directory), read by loading it with
+    `mk_keras.sources.load_source`: a missing, unfinished or corrupt source fails here in one line."""
+    from mk_keras.sources import load_source
     from mk_keras.training import MASTER_KEYS
 
     if source == MASTER_KEYS:
         raise ValueError(f"--source={MASTER_KEYS} needs --model (there is no source architecture); allowed: a "
                          "registered model with depthwise layers, e.g. convnext_micro_cifar")
-    if not os.path.exists(source):
-        raise FileNotFoundError(f"source {source!r} does not exist; pass a .keras file or a run directory")
-    path = os.path.join(source, "model.keras") if os.path.isdir(source) else source
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"source {source!r} has no model.keras; pass a .keras file or a finished run "
-                                "directory")
-    try:
-        with zipfile.ZipFile(path) as z:
-            return json.loads(z.read("config.json"))["config"]["name"]
-    except (zipfile.BadZipFile, KeyError, ValueError) as e:
-        raise ValueError(f"source {path!r} is not a readable .keras file ({e})") from None
+    return load_source(source, kinds=("run_dir", "keras_file")).model.name
 
 
 def run(**kwargs):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from analysis_helpers import tiny, to_np
 
-from mk_keras.analysis import load_model
+from mk_keras.analysis import load_source
 from mk_keras.analysis.atlas import atlas_layer_indices, atlas_rows, plot_atlas
 from mk_keras.analysis.plotting import display_scaled, mosaic
 
@@ -46,17 +46,10 @@ def test_model_specs(tmp_path):
     os.makedirs(tmp_path / "run_a")
     model.save(tmp_path / "run_a" / "model.keras")
     model.save(tmp_path / "b.keras")
-    label, loaded = load_model(str(tmp_path / "run_a"))
-    assert label == "run_a" and loaded.count_params() == model.count_params()
-    assert load_model(str(tmp_path / "b.keras"))[0] == "b"
-    with pytest.raises(FileNotFoundError, match="has no model.keras"):
-        load_model(str(tmp_path))
+    loaded = load_source(str(tmp_path / "run_a"))
+    assert loaded.label == "run_a" and loaded.model.count_params() == model.count_params()
+    assert load_source(str(tmp_path / "b.keras")).label == "b"
+    with pytest.raises(ValueError, match="is not a run directory"):
+        load_source(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_model(str(tmp_path / "missing.keras"))
-    (tmp_path / "bad.keras").write_bytes(b"not a zip file")
-    with pytest.raises(ValueError, match="cannot read model file"):
-        load_model(str(tmp_path / "bad.keras"))
-    with pytest.raises(ValueError, match="unknown keras.applications model 'NoSuchNet'"):
-        load_model("keras:NoSuchNet")
-    with pytest.raises(ValueError, match="cannot use model 'convnext_nope'"):
-        load_model("convnext_nope")
+        load_source(str(tmp_path / "missing.keras"))
