@@ -1,6 +1,7 @@
 """`load(spec, ...)`: a dataset spec + class selection -> an unbatched labelled tf.data.Dataset with metadata."""
 
 import dataclasses
+import logging
 from typing import Optional
 
 import numpy as np
@@ -8,6 +9,8 @@ import tensorflow as tf
 
 from mk_keras.data import sources
 from mk_keras.data.splits import resolve_classes
+
+log = logging.getLogger(__name__)
 
 _EMBEDDED = ("fashion_mnist", "animal_mnist", "digits")
 
@@ -32,14 +35,16 @@ class DatasetInfo:
     classes_spec: object = None
     max_per_class: Optional[int] = None
     skipped_files: tuple = ()
+    dropped_classes: tuple = ()
 
     def __str__(self):
         names = ", ".join(self.class_names[:6]) + (", ..." if self.num_classes > 6 else "")
         shape = "x".join("?" if d is None else str(d) for d in self.image_shape)
         sel = "" if self.classes_spec is None else f" classes={self.classes_spec!r}"
         cap = "" if self.max_per_class is None else f" max_per_class={self.max_per_class}"
+        dropped = f" (dropped empty: {', '.join(self.dropped_classes)})" if self.dropped_classes else ""
         return (
-            f"{self.spec}[{self.split}]{sel}{cap}: {self.num_classes} classes ({names}), "
+            f"{self.spec}[{self.split}]{sel}{cap}: {self.num_classes} classes{dropped} ({names}), "
             f"{self.num_examples} examples, images {shape} uint8; {self.provenance}"
         )
 
@@ -82,6 +87,24 @@ def _check_cap(max_per_class, counts, indices, class_names, where):
             f"max_per_class={max_per_class} is larger than the {counts[smallest]} examples of class "
             f"{class_names[smallest]!r} in {where}; use at most {counts[smallest]}."
         )
+
+
+def _without_empty(src, indices, counts, drop, where):
+    """`indices` less the classes with no example (when `drop`, with a warning); else a ValueError naming them."""
+    empty = [i for i in indices if counts[i] == 0]
+    if not empty:
+        return indices, ()
+    names = tuple(src.class_names[i] for i in empty)
+    why = "; ".join(f"{src.class_names[i]!r}" + (f": {src.empty_reasons[i]}" if i in src.empty_reasons else "")
+                    for i in empty[:5]) + (f"; and {len(empty) - 5} more" if len(empty) > 5 else "")
+    if not drop:
+        raise ValueError(f"{where} has no example of class(es) {why}; remove them from the selection, fix the "
+                         "data, or pass drop_empty_classes=True to drop them")
+    kept = [i for i in indices if counts[i] > 0]
+    if not kept:
+        raise ValueError(f"{where}: every selected class is empty ({why}).")
+    log.warning("%s: dropped %d class(es) without an example, labels re-indexed: %s", where, len(empty), why)
+    return kept, names
 
 
 def _in_memory(src, indices, mapping, max_per_class, seed):
@@ -140,6 +163,7 @@ def load(
     data_dir=None,
     manual_dir=None,
     download=True,
+    drop_empty_classes=False,
 ):
     """Load a labelled image dataset, optionally restricted to a class split.
 
@@ -152,10 +176,16 @@ def load(
         re-indexed 0..k-1 in sorted order of the original index.
       max_per_class: keep at most this many examples per selected class: a seeded random subset for
         in-memory sources, the first ones in file order for TFDS. Larger than a class holds -> ValueError.
-      seed: seed of the `max_per_class` subset.
+      seed: picks which examples the `max_per_class` subset of an in-memory source keeps, and nothing else
+        (the train/test split of datasets without an official one is fixed; TFDS subsets and the order of
+        the examples do not depend on it).
       data_dir: TFDS data dir; for fashion_mnist an extra folder searched first for the IDX files.
       manual_dir: TFDS manual download dir (imagenet2012, ...).
       download: allow TFDS / keras.datasets to download when the data is missing.
+      drop_empty_classes: a selected class without an example in this split (an empty or all-undecodable
+        class folder) is a ValueError naming it; True drops such classes with a warning instead (labels
+        re-indexed over the rest, see `info.class_mapping`; names in `info.dropped_classes`). In-memory
+        sources only (TFDS classes are not counted for this).
 
     Returns:
       `LoadedDataset` with `.dataset` ((uint8 [H,W,C], int64) pairs, unbatched) and `.info` (`DatasetInfo`).
@@ -164,9 +194,12 @@ def load(
         raise ValueError(f"dataset spec must be a string, got {spec!r}; available: {list_datasets()}.")
     src = _source(spec, split, data_dir, manual_dir, download)
     where = f"{spec}[{split}]"
-    indices, mapping = resolve_classes(classes, src.class_names, where)
+    indices, mapping = resolve_classes(classes, src.class_names, spec, split)
+    dropped = ()
     if src.items is not None:
         counts = np.bincount(src.labels, minlength=len(src.class_names))
+        indices, dropped = _without_empty(src, indices, counts, drop_empty_classes, where)
+        mapping = {orig: new for new, orig in enumerate(indices)}
         _check_cap(max_per_class, counts, indices, src.class_names, where)
         ds, num_examples = _in_memory(src, indices, mapping, max_per_class, seed)
     else:
@@ -187,5 +220,6 @@ def load(
         classes_spec=classes,
         max_per_class=max_per_class,
         skipped_files=src.skipped_files,
+        dropped_classes=dropped,
     )
     return LoadedDataset(dataset=ds, info=info)

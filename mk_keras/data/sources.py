@@ -41,7 +41,8 @@ _TFDS_TEST_IS_VALIDATION = {"imagenet2012", "imagenet2012_subset", "imagenet2012
 class Source:
     """Raw data of one split before class selection.
 
-    In-memory: `items` (images uint8 [N,H,W,C], or file paths decoded by `decode`) and `labels` int64 [N].
+    In-memory: `items` (images uint8 [N,H,W,C], or file paths decoded by `decode`) and `labels` int64 [N];
+    `empty_reasons`: {class index: why it has no example in this split} (folders).
     Streamed: `dataset` of (uint8 image, int64 label), `num_examples`, and `count_labels()` -> per-class counts.
     """
 
@@ -52,6 +53,7 @@ class Source:
     labels: Optional[np.ndarray] = None
     decode: Optional[Callable] = None
     skipped_files: tuple = ()
+    empty_reasons: dict = dataclasses.field(default_factory=dict)
     dataset: Optional[tf.data.Dataset] = None
     num_examples: Optional[int] = None
     count_labels: Optional[Callable[[], np.ndarray]] = None
@@ -241,13 +243,20 @@ def _decodable(paths):
     return ok
 
 
+def _class_folders(root):
+    """Class folder names under `root`, as `keras.utils.image_dataset_from_directory` lists them."""
+    return [d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")]
+
+
 def folder(path, split):
     """Class-per-folder image tree, decoded to RGB uint8.
 
-    Layout PATH/SPLIT/CLASS/*.jpg when PATH has train/test/val/validation subfolders; otherwise
+    Layout PATH/SPLIT/CLASS/*.jpg when PATH has train/test/val/validation subfolders (the classes are the class
+    folders of all of them, so labels agree across splits); otherwise
     PATH/CLASS/*.jpg with the deterministic stratified split (identical files kept on one side). Files are listed by
     `keras.utils.image_dataset_from_directory` (.bmp .gif .jpeg .jpg .png). Files TensorFlow cannot decode
-    are skipped, counted in `skipped_files` and logged.
+    are skipped, counted in `skipped_files` and logged; classes left without an example get a reason in
+    `empty_reasons` (`load` refuses or drops them).
     """
     import keras
 
@@ -270,18 +279,34 @@ def folder(path, split):
     class_names = list(listing.class_names)
     if not class_names:
         raise FileNotFoundError(f"no class subfolders under {root!r}; expected {root}/CLASS/IMAGE files.")
+    if has_split_dirs:  # every split gets the same labels: the class folders of all split folders
+        class_names = sorted({c for d in split_dirs for c in _class_folders(os.path.join(path, d))})
     paths = np.array(listing.file_paths)
     labels = np.array([class_names.index(os.path.relpath(p, root).split(os.sep)[0]) for p in paths], np.int64)
+    files = np.bincount(labels, minlength=len(class_names))
     note = f"split folder {root}"
     if not has_split_dirs:
         idx = stratified_split(labels, split, keys=[_file_hash(p) for p in paths])
         paths, labels = paths[idx], labels[idx]
         note = _split_note()
+    in_split = np.bincount(labels, minlength=len(class_names))
     ok = _decodable(paths)
     skipped = tuple(str(p) for p in paths[~ok])
     if skipped:
         log.warning("folder:%s: skipped %d file(s) TensorFlow cannot decode, e.g. %s", path, len(skipped), skipped[0])
     paths, labels = paths[ok], labels[ok]
+    decoded = np.bincount(labels, minlength=len(class_names))
+    reasons = {}
+    for i in np.flatnonzero(decoded == 0):
+        folder_path = os.path.join(root, class_names[i])
+        if not os.path.isdir(folder_path):
+            reasons[int(i)] = f"there is no folder {folder_path} (only in other split folders)"
+        elif files[i] == 0:
+            reasons[int(i)] = f"{folder_path} holds no image file"
+        elif in_split[i] == 0:
+            reasons[int(i)] = f"the {files[i]} image(s) of {folder_path} all fall in the other split"
+        else:
+            reasons[int(i)] = f"none of the {in_split[i]} image(s) in {folder_path} can be decoded"
     if len(paths) == 0:
         raise FileNotFoundError(f"no decodable images under {root!r} ({len(skipped)} corrupt).")
     return Source(
@@ -292,6 +317,7 @@ def folder(path, split):
         labels=labels,
         decode=_decode_file,
         skipped_files=skipped,
+        empty_reasons=reasons,
     )
 
 

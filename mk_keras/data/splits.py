@@ -10,9 +10,12 @@ Named splits (see `list_class_splits()`):
 - `random_half:A:SEED` / `random_half:B:SEED`: any dataset; a seeded permutation of the k classes,
   A = its first k // 2 entries, B = the rest (Yosinski's similar-task control).
 
+A named split used on a dataset with other classes (count or names) is a ValueError naming the datasets it is for.
+
 Explicit selections: a list of class indices and/or names, or a comma-separated string ("0,3,5", "Bag,Sneaker").
 """
 
+import dataclasses
 import re
 
 import numpy as np
@@ -64,14 +67,42 @@ def _cifar100_by_coarse(manmade):
     return [i for i, c in enumerate(CIFAR100_COARSE_OF_FINE) if (c in coarse) == manmade]
 
 
-# name -> (number of classes of the dataset it applies to, expected class names or None, original indices)
+ILSVRC_FIRST_LAST = ("n01440764", "n15075141")  # tench ... toilet tissue
+
+
+def _is_ilsvrc(names):
+    """ILSVRC-2012 class names: WordNet ids in sorted order from tench to toilet tissue (TFDS imagenet2012, an
+    ImageNet class-folder tree)."""
+    return (list(names) == sorted(names) and all(re.fullmatch(r"n\d{8}", n) for n in names)
+            and (names[0], names[-1]) == ILSVRC_FIRST_LAST)
+
+
+@dataclasses.dataclass(frozen=True)
+class _NamedSplit:
+    """num_classes and class names (a list, or a check) of the dataset a split is for; `tfds` names the TFDS
+    builders that hold it (they may report placeholder names "0", "1", ... before their metadata exists)."""
+
+    indices: list
+    num_classes: int
+    names: object
+    datasets: str
+    tfds: tuple
+
+
+_FASHION = dict(num_classes=10, names=FASHION_MNIST_CLASSES, datasets="fashion_mnist or tfds:fashion_mnist",
+                tfds=("fashion_mnist",))
+_CIFAR100 = dict(num_classes=100, names=CIFAR100_FINE_NAMES, datasets="tfds:cifar100", tfds=("cifar100",))
+_IMAGENET = dict(num_classes=1000, names=_is_ilsvrc,
+                 datasets="tfds:imagenet2012 (ILSVRC-2012)",
+                 tfds=("imagenet2012", "imagenet2012_subset", "imagenet2012_real", "imagenet2012_corrupted",
+                       "imagenet_v2", "imagenet_resized", "imagenet_sketch"))
 _NAMED_SPLITS = {
-    "imagenet_natural": (1000, None, IMAGENET_NATURAL),
-    "imagenet_manmade": (1000, None, sorted(set(range(1000)) - set(IMAGENET_NATURAL))),
-    "cifar100_manmade": (100, CIFAR100_FINE_NAMES, _cifar100_by_coarse(True)),
-    "cifar100_natural": (100, CIFAR100_FINE_NAMES, _cifar100_by_coarse(False)),
-    "fashion_garments": (10, FASHION_MNIST_CLASSES, [0, 1, 2, 3, 4, 6]),
-    "fashion_accessories": (10, FASHION_MNIST_CLASSES, [5, 7, 8, 9]),
+    "imagenet_natural": _NamedSplit(IMAGENET_NATURAL, **_IMAGENET),
+    "imagenet_manmade": _NamedSplit(sorted(set(range(1000)) - set(IMAGENET_NATURAL)), **_IMAGENET),
+    "cifar100_manmade": _NamedSplit(_cifar100_by_coarse(True), **_CIFAR100),
+    "cifar100_natural": _NamedSplit(_cifar100_by_coarse(False), **_CIFAR100),
+    "fashion_garments": _NamedSplit([0, 1, 2, 3, 4, 6], **_FASHION),
+    "fashion_accessories": _NamedSplit([5, 7, 8, 9], **_FASHION),
 }
 _RANDOM_HALF = re.compile(r"random_half:([AB]):(\d+)$")
 
@@ -88,17 +119,25 @@ def random_half(half, seed, num_classes):
     return sorted(int(i) for i in part)
 
 
-def _named(name, class_names, where):
-    num, expected_names, indices = _NAMED_SPLITS[name]
-    if len(class_names) != num:
-        raise ValueError(f"classes={name!r} needs a dataset with {num} classes; {where} has {len(class_names)}.")
-    # Datasets without real names (e.g. TFDS metadata not generated yet) report "0", "1", ...
-    named = not all(n == str(i) for i, n in enumerate(class_names))
-    if expected_names is not None and named and list(class_names) != expected_names:
-        raise ValueError(
-            f"classes={name!r} needs classes {expected_names[:3]}...; {where} has {list(class_names)[:3]}..."
-        )
-    return list(indices)
+def _shown(names):
+    return ", ".join(map(repr, list(names)[:3])) + (", ..." if len(names) > 3 else "")
+
+
+def _named(name, class_names, dataset, where):
+    split = _NAMED_SPLITS[name]
+    wrong = f"classes={name!r} is a split of {split.datasets} ({split.num_classes} classes"
+    if len(class_names) != split.num_classes:
+        raise ValueError(f"{wrong}); {where} has {len(class_names)} classes.")
+    if all(n == str(i) for i, n in enumerate(class_names)):
+        tfds_name = dataset[len("tfds:"):].split("/")[0] if str(dataset).startswith("tfds:") else None
+        if tfds_name not in split.tfds:
+            raise ValueError(f"{wrong}); {where} has classes {_shown(class_names)}.")
+        return list(split.indices)
+    matches = split.names(class_names) if callable(split.names) else list(class_names) == split.names
+    if not matches:
+        expected = _shown(split.names) if not callable(split.names) else "1000 sorted WordNet ids"
+        raise ValueError(f"{wrong}: {expected}); {where} has classes {_shown(class_names)}.")
+    return list(split.indices)
 
 
 def _explicit(items, class_names, where):
@@ -118,23 +157,27 @@ def _explicit(items, class_names, where):
     return sorted(out)
 
 
-def resolve_classes(classes, class_names, dataset_name=None):
+def resolve_classes(classes, class_names, dataset=None, split=None):
     """Resolve a `classes=` spec against a dataset's class names, without loading any data.
 
     Args:
       classes: None (all), a named split (`list_class_splits()`), "random_half:A|B:SEED", a list of
         indices/names, or a comma-separated string of indices/names.
       class_names: the dataset's class names in original label order.
-      dataset_name: used in error messages only.
+      dataset: the dataset spec (`data.load`'s), for messages and named splits: a named split needs the class
+        count and names of the dataset it is for; placeholder names ("0", "1", ...) pass only for the TFDS
+        builders that hold that dataset (e.g. "tfds:cifar100" before its metadata exists).
+      split: the split name, for messages.
 
     Returns:
       (sorted list of original indices, {original index: new index 0..k-1}).
     """
-    where = dataset_name or f"a dataset with {len(class_names)} classes"
+    where = f"a dataset with {len(class_names)} classes" if dataset is None else str(dataset)
+    where += f"[{split}]" if split is not None else ""
     if classes is None:
         indices = list(range(len(class_names)))
     elif isinstance(classes, str) and classes in _NAMED_SPLITS:
-        indices = _named(classes, class_names, where)
+        indices = _named(classes, class_names, dataset, where)
     elif isinstance(classes, str) and classes.startswith("random_half"):
         match = _RANDOM_HALF.match(classes)
         if not match:

@@ -74,9 +74,12 @@ def test_fashion_mnist_from_data_dir_and_missing(tmp_path, monkeypatch):
     images = np.arange(3 * 28 * 28).reshape(3, 28, 28) % 256
     _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([9, 0, 9]))
-    loaded = data.load("fashion_mnist", split="test", data_dir=str(tmp_path), download=False)
+    loaded = data.load("fashion_mnist", split="test", classes="0,9", data_dir=str(tmp_path), download=False)
     got = list(loaded.dataset.as_numpy_iterator())
-    assert loaded.info.num_examples == 3 and [int(y) for _, y in got] == [9, 0, 9]
+    assert loaded.info.num_examples == 3 and [int(y) for _, y in got] == [1, 0, 1]
+    with pytest.raises(ValueError, match=r"fashion_mnist\[test\] has no example of class\(es\) 'Trouser'; "
+                                         r"'Pullover'; 'Dress'; 'Coat'; 'Sandal'; and 3 more; remove them"):
+        data.load("fashion_mnist", split="test", data_dir=str(tmp_path), download=False)
     assert np.array_equal(got[1][0][..., 0], images[1]) and str(tmp_path) in loaded.info.provenance
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x05ab"))
     with pytest.raises(ValueError, match="header says"):
@@ -189,6 +192,70 @@ def test_folder_errors(tmp_path):
         data.load(f"folder:{tmp_path / 'bad'}", split="test")
 
 
+def test_empty_and_undecodable_class_folders_are_refused_or_dropped(tmp_path, caplog):
+    for i in range(3):
+        _png(tmp_path / "train" / "ant" / f"{i}.png", 10 + i)
+        _png(tmp_path / "train" / "cow" / f"{i}.png", 100 + i)
+    (tmp_path / "train" / "bee").mkdir()
+    (tmp_path / "train" / "bee" / "notes.txt").write_text("not an image")
+    (tmp_path / "train" / "dog").mkdir()
+    for i in range(2):
+        (tmp_path / "train" / "dog" / f"{i}.png").write_bytes(b"garbage")
+    bee, dog = tmp_path / "train" / "bee", tmp_path / "train" / "dog"
+    with pytest.raises(ValueError) as info:
+        data.load(f"folder:{tmp_path}")
+    assert str(info.value) == (
+        f"folder:{tmp_path}[train] has no example of class(es) 'bee': {bee} holds no image file; 'dog': none of "
+        f"the 2 image(s) in {dog} can be decoded; remove them from the selection, fix the data, or pass "
+        "drop_empty_classes=True to drop them")
+    assert data.load(f"folder:{tmp_path}", classes="ant,cow").info.num_classes == 2  # not selected: fine
+
+    with caplog.at_level("WARNING"):
+        loaded = data.load(f"folder:{tmp_path}", drop_empty_classes=True)
+    assert "dropped 2 class(es) without an example, labels re-indexed: 'bee'" in caplog.text
+    info = loaded.info
+    assert info.class_names == ["ant", "cow"] and info.num_classes == 2 and info.num_examples == 6
+    assert info.class_mapping == {0: 0, 2: 1} and info.dropped_classes == ("bee", "dog")
+    assert "2 classes (dropped empty: bee, dog)" in str(info)
+    got = sorted((int(y), int(x[0, 0, 0])) for x, y in loaded.dataset.as_numpy_iterator())
+    assert got == [(0, 10), (0, 11), (0, 12), (1, 100), (1, 101), (1, 102)]
+    with pytest.raises(ValueError, match="every selected class is empty"):
+        data.load(f"folder:{tmp_path}", classes="bee,dog", drop_empty_classes=True)
+
+
+def test_split_folders_share_labels_and_a_missing_class_folder_is_empty(tmp_path):
+    for split, classes in (("train", "abc"), ("test", "ac")):
+        for c in classes:
+            for i in range(2):
+                _png(tmp_path / split / c / f"{i}.png", ord(c) + i)
+    assert data.load(f"folder:{tmp_path}", split="test", classes="a,c").info.class_mapping == {0: 0, 2: 1}
+    with pytest.raises(ValueError, match=f"'b': there is no folder {re.escape(str(tmp_path / 'test' / 'b'))} "
+                                         r"\(only in other split folders\)"):
+        data.load(f"folder:{tmp_path}", split="test")
+    test = data.load(f"folder:{tmp_path}", split="test", drop_empty_classes=True)
+    assert test.info.class_names == ["a", "c"] and test.info.class_mapping == {0: 0, 2: 1}
+    assert sorted((int(y), int(x[0, 0, 0])) for x, y in test.dataset.as_numpy_iterator())[-1] == (1, ord("c") + 1)
+
+
+def test_class_with_all_files_in_the_other_split(tmp_path):
+    for i in range(10):
+        _png(tmp_path / "many" / f"{i}.png", i)
+    for i in range(2):  # round(0.2 * 2) = 0 test images
+        _png(tmp_path / "few" / f"{i}.png", 100 + i)
+    assert data.load(f"folder:{tmp_path}", split="train").info.num_classes == 2
+    with pytest.raises(ValueError, match=r"'few': the 2 image\(s\) of .*few all fall in the other split"):
+        data.load(f"folder:{tmp_path}", split="test")
+
+
+def test_named_split_of_another_dataset_is_refused():
+    with pytest.raises(ValueError, match=r"classes='fashion_garments' is a split of fashion_mnist or "
+                                         r"tfds:fashion_mnist \(10 classes\); digits\[train\] has classes '0'"):
+        data.load("digits", classes="fashion_garments")
+    with pytest.raises(ValueError, match=r"classes='cifar100_natural' is a split of tfds:cifar100 \(100 classes\); "
+                                         r"digits\[test\] has 10 classes"):
+        data.load("digits", split="test", classes="cifar100_natural")
+
+
 # --- TFDS (offline) ----------------------------------------------------------------------------------
 
 
@@ -197,7 +264,7 @@ def test_tfds_cifar100_manmade_counts_and_reindexing(tmp_path):
         raw = [int(y) for _, y in tfds.load("cifar100", split="train", as_supervised=True).as_numpy_iterator()]
         loaded = data.load("tfds:cifar100", classes="cifar100_manmade", data_dir=str(tmp_path))
         got = labels_of(loaded)
-    manmade, mapping = data.resolve_classes("cifar100_manmade", [str(i) for i in range(100)])
+    manmade, mapping = data.resolve_classes("cifar100_manmade", [str(i) for i in range(100)], "tfds:cifar100")
     expected = [mapping[y] for y in raw if y in mapping]
     assert loaded.info.num_classes == 30 and loaded.info.num_examples == len(expected) > 0
     assert got.tolist() == expected
@@ -211,7 +278,7 @@ def test_tfds_imagenet_natural_variable_size_and_test_split(tmp_path):
         labels = labels_of(loaded)
         pipe = data.make_pipeline(loaded, batch_size=8, image_size=(16, 16), resize_mode="crop", one_hot=False)
         batches = list(pipe.as_numpy_iterator())
-    natural = set(data.resolve_classes("imagenet_natural", [str(i) for i in range(1000)])[0])
+    natural = set(data.resolve_classes("imagenet_natural", [str(i) for i in range(1000)], "tfds:imagenet2012")[0])
     assert "'validation'" in loaded.info.provenance and loaded.info.num_classes == 449
     assert loaded.info.num_examples == len(labels) == sum(y in natural for y in raw) > 0
     assert all(x.shape[1:] == (16, 16, 3) and x.dtype == np.float32 for x, _ in batches)

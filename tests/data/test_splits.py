@@ -1,11 +1,14 @@
 """Class split tables and `resolve_classes` (no data needed)."""
 
+import re
+
 import pytest
 
 from mk_keras.data import list_class_splits, random_half, resolve_classes
 from mk_keras.data import splits
 
-IMAGENET = [f"n{i:08d}" for i in range(1000)]
+# WordNet ids shaped like ILSVRC-2012's: sorted, from tench (n01440764) to toilet tissue (n15075141).
+IMAGENET = ["n01440764", *[f"n{1440765 + i:08d}" for i in range(998)], "n15075141"]
 CIFAR100 = splits.CIFAR100_FINE_NAMES
 FASHION = splits.FASHION_MNIST_CLASSES
 
@@ -80,9 +83,15 @@ def test_explicit_selections(classes, expected):
 @pytest.mark.parametrize(
     "classes, names, message",
     [
-        ("imagenet_natural", FASHION, "needs a dataset with 1000 classes"),
-        ("fashion_garments", [f"c{i}" for i in range(10)], "needs classes"),
-        ("cifar100_natural", FASHION, "needs a dataset with 100 classes"),
+        ("imagenet_natural", FASHION, "is a split of tfds:imagenet2012 (ILSVRC-2012) (1000 classes); somedata has "
+                                      "10 classes."),
+        ("imagenet_natural", [f"n{i:08d}" for i in range(1000)], "(1000 classes: 1000 sorted WordNet ids); "
+                                                                 "somedata has classes 'n00000000'"),
+        ("fashion_garments", [f"c{i}" for i in range(10)], "is a split of fashion_mnist or tfds:fashion_mnist (10 "
+                                                           "classes: 'T-shirt/top', 'Trouser', 'Pullover', ...); "
+                                                           "somedata has classes 'c0', 'c1', 'c2', ..."),
+        ("cifar100_natural", FASHION, "is a split of tfds:cifar100 (100 classes); somedata has 10 classes."),
+        ("cifar100_natural", list(reversed(CIFAR100)), "somedata has classes 'worm', 'woman', 'wolf', ..."),
         ("Handbag", FASHION, "unknown classes='Handbag'"),
         ("Bag,Handbag", FASHION, "unknown class 'Handbag'"),
         ([3, 10], FASHION, "class index 10 is out of range"),
@@ -92,14 +101,23 @@ def test_explicit_selections(classes, expected):
     ],
 )
 def test_bad_selections(classes, names, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         resolve_classes(classes, names, "somedata")
 
 
-def test_cifar100_split_accepts_placeholder_names():
+def test_placeholder_names_pass_only_for_the_tfds_builders_of_the_split():
     # TFDS reports "0".."99" while its metadata is not generated (e.g. under tfds.testing.mock_data).
-    indices, _ = resolve_classes("cifar100_manmade", [str(i) for i in range(100)])
-    assert len(indices) == 30
+    placeholders = [str(i) for i in range(100)]
+    assert len(resolve_classes("cifar100_manmade", placeholders, "tfds:cifar100")[0]) == 30
+    assert len(resolve_classes("imagenet_natural", [str(i) for i in range(1000)], "tfds:imagenet_v2/matched-"
+                               "frequency")[0]) == 449
+    for dataset in (None, "folder:/data/c100", "tfds:caltech101"):
+        with pytest.raises(ValueError, match="is a split of tfds:cifar100 .* has classes '0', '1', '2', ..."):
+            resolve_classes("cifar100_manmade", placeholders, dataset)
+    # scikit-learn's digits really are named "0".."9": not Fashion-MNIST.
+    with pytest.raises(ValueError, match=r"classes='fashion_garments' is a split of fashion_mnist or "
+                                         r"tfds:fashion_mnist \(10 classes\); digits\[train\] has classes '0'"):
+        resolve_classes("fashion_garments", [str(i) for i in range(10)], "digits", "train")
 
 
 def test_listing():
