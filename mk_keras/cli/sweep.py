@@ -6,6 +6,8 @@
     mk-sweep --flagfile=flags/quickstart.flags --dry_run            # print the planned runs
 
 Rerunning a command resumes it: finished runs are skipped, an interrupted one resumes from its checkpoint.
+A rerun with more seeds, models, depths, source sizes or treatments adds their runs; sweep.json and the tables
+keep every run planned in the directory (other data, training flags, --name or backend are refused).
 Shards share --output_dir; run i belongs to shard i % num_shards (see docs/sweeps.md). The output directory
 holds flags.txt (this command's flags, shard flags left out), sweep.json, runs/, results/, results.csv,
 results.jsonl, report.md and figures/.

@@ -12,8 +12,12 @@ directory per run), `results/<run_id>.json` (one row per run, written atomically
 `results.csv`, `results.jsonl`, `report.md` and `figures/*.png` (see `mk_keras.experiments.results.merge`).
 
 Resuming: rerunning the same sweep skips runs that have a result file; a run killed mid-training resumes
-from its checkpoint (`train` resumes an unfinished run directory). A run whose loss became NaN is recorded
-with status "failed" and is not retried (delete its result file and run directory to retry).
+from its checkpoint (`train` resumes an unfinished run directory), one that crashed is trained again. A run
+whose loss became NaN is recorded with status "failed" and is not retried (delete its result file and run
+directory to retry). A rerun may add seeds, models, depths, source sizes and treatments: sweep.json holds the
+union of every run planned in the directory, so results of earlier invocations stay in the tables; settings
+that change what a run computes (data, training arguments, name, Keras backend, the cross source of existing
+cross runs) must be the same.
 
 Sharding: run i of the plan (bases included) belongs to shard `i % num_shards`. A transfer run needs its
 source base finished first: if the base has no result yet, the shard trains it itself under the base's lock,
@@ -28,6 +32,7 @@ import json
 import os
 import time
 
+import keras
 import numpy as np
 
 from mk_keras.experiments import locks, results
@@ -91,10 +96,10 @@ class SweepConfig:
         return self.dataset_b or self.dataset_a, self.classes_b
 
     def settings(self):
-        """The part of the definition that changes what a run computes (compared on resume)."""
+        """The part of the definition that changes what every run computes or how it is reported (compared
+        on resume; the cross-source fields are compared by `merge_plans` when both plans have cross runs)."""
         out = {k: v for k, v in dataclasses.asdict(self).items()
-               if k in ("dataset_a", "classes_a", "dataset_b", "classes_b", "cross_source", "cross_kernel_map",
-                        "cross_channel_map")}
+               if k in ("name", "dataset_a", "classes_a", "dataset_b", "classes_b")}
         out["dataset_b"] = self.dataset_b or self.dataset_a
         out["train_args"] = {k: v for k, v in self.train_args.items() if k not in _UNCOMPARED_TRAIN_ARGS}
         return _jsonable(out)
@@ -129,14 +134,19 @@ class Run:
 
 @dataclasses.dataclass
 class Plan:
-    """A resolved sweep: the config, its arms and every run in execution order."""
+    """A resolved sweep: the config, its arms, every run in execution order, and the Keras backend."""
 
     config: SweepConfig
     arms: list
     runs: list
+    backend: str | None = None
+
+    def settings(self):
+        """`SweepConfig.settings` plus the backend: what a rerun into the same directory must keep."""
+        return {**self.config.settings(), "backend": self.backend}
 
     def to_json(self):
-        return _jsonable({"config": dataclasses.asdict(self.config),
+        return _jsonable({"config": dataclasses.asdict(self.config), "backend": self.backend,
                           "arms": [dataclasses.asdict(a) for a in self.arms],
                           "runs": [dataclasses.asdict(r) for r in self.runs]})
 
@@ -144,7 +154,7 @@ class Plan:
     def from_json(cls, obj):
         arms = [Arm(**{**a, "depths": tuple(a["depths"]), "cross_depths": tuple(a["cross_depths"])})
                 for a in obj["arms"]]
-        return cls(SweepConfig(**obj["config"]), arms, [Run(**r) for r in obj["runs"]])
+        return cls(SweepConfig(**obj["config"]), arms, [Run(**r) for r in obj["runs"]], obj.get("backend"))
 
 
 def _jsonable(obj):
@@ -154,8 +164,6 @@ def _jsonable(obj):
 @functools.lru_cache(maxsize=None)
 def layer_counts(model):
     """{kind: number of layers} of a registered model (built once with 2 classes, then discarded)."""
-    import keras
-
     from mk_keras.filters import count_filter_layers
 
     counts = count_filter_layers(create_model(model, num_classes=2))
@@ -216,6 +224,11 @@ def _check_config(config):
     for size in config.source_sizes:
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
             raise ValueError(f"source size {size!r} must be a positive integer (examples per class of A)")
+    for field in ("seeds", "source_sizes", "treatments"):
+        values = getattr(config, field)
+        repeated = [v for i, v in enumerate(values) if v in values[:i]]
+        if repeated:
+            raise ValueError(f"{field} lists {repeated[0]!r} more than once; give each value once")
     per_run = sorted(set(config.train_args) & set(PER_RUN_ARGS))
     if per_run:
         raise ValueError(f"train_args sets {per_run[0]!r}, which the sweep sets per run; remove it")
@@ -241,6 +254,11 @@ def _check_config(config):
                          "transfer needs a different source model (use AnB for the same model)")
     if config.source_sizes and "baseA" not in chosen:
         raise ValueError("source_sizes set the training size of A, but 'baseA' is not among the treatments")
+    keyed = [t for t in config.treatments if TREATMENTS[t].master_keys]
+    norm = config.train_args.get("freeze_following_norm")
+    if keyed and norm:
+        raise ValueError(f"train_args freeze_following_norm={norm!r} does not apply to treatment {keyed[0]!r} "
+                         "(master-key layers copy no norms); remove one of them")
 
 
 def _auto_kind(model):
@@ -253,11 +271,12 @@ def _run_id(model, treatment, seed, kind=None, n=None, size=None):
 
 
 def plan(config):
-    """Validate `config` and resolve it into a `Plan` (builds each model once to count its layers); the
-    plan holds a normalised copy of `config`.
+    """Validate `config` and resolve it into a `Plan` (builds each model once to count its layers, and the
+    source and target of each cross-architecture copy once to map their kernels); the plan holds a
+    normalised copy of `config` and the Keras backend.
 
     Run order: for each seed, its base models, then for each arm, treatment, source size and n its
-    transfer runs. Raises ValueError (one line) for bad definitions.
+    transfer runs. Raises ValueError (one line) for bad definitions, before anything trains.
     """
     lists = {f: _as_list(getattr(config, f), f) for f in ("models", "kinds", "depths", "treatments", "seeds",
                                                           "source_sizes")}
@@ -267,8 +286,11 @@ def plan(config):
     config.source_sizes = [int(s) for s in config.source_sizes]
     kinds = config.kinds * len(config.models) if len(config.kinds) == 1 else config.kinds
     arms = []
-    for model, kind in dict.fromkeys(zip(config.models, kinds)):
+    for model, kind in zip(config.models, kinds):
         kind = _auto_kind(model) if kind == "auto" else kind
+        if any((a.model, a.kind) == (model, kind) for a in arms):
+            raise ValueError(f"model {model!r} is listed more than once with kind {kind!r}; give each "
+                             "(model, kind) pair once")
         layers = layer_counts(model)[kind]
         if not layers:
             raise ValueError(f"model {model!r} has no {kind} layers; choose another kind (its layers: "
@@ -312,7 +334,34 @@ def plan(config):
                         train_n = arm.layers - n + 1 if t.order == "last" else n
                         runs.append(Run(_run_id(arm.model, t.name, seed, arm.kind, n, size), arm.model, t.name, seed,
                                         arm.kind, n, train_n, size, source))
-    return Plan(config, arms, runs)
+    _check_transfers(config, runs)
+    return Plan(config, arms, runs, keras.backend.backend())
+
+
+def _check_transfers(config, runs):
+    """Map the kernels of every planned copy between two architectures (the "cross" treatment) on freshly
+    built models, so that a kernel or channel mismatch is a one-line ValueError before anything trains.
+    Copies within one architecture pair layers of identical shapes."""
+    from mk_keras.transfer import transfer_filters
+
+    deepest = {}  # (source model, target model, kind, order, freeze) -> largest number of layers copied
+    for run in runs:
+        t = TREATMENTS[run.treatment]
+        source_model = config.cross_source if t.source == "cross" else run.model
+        if t.master_keys or not run.source or source_model == run.model:
+            continue
+        key = (source_model, run.model, run.kind, t.order, t.freeze)
+        deepest[key] = max(deepest.get(key, 0), run.train_n)
+    for (source_model, model, kind, order, freeze), n in deepest.items():
+        try:
+            transfer_filters(create_model(source_model, num_classes=2), create_model(model, num_classes=2), n, kind,
+                             order, freeze, True, config.cross_kernel_map, config.cross_channel_map,
+                             config.train_args.get("freeze_following_norm", False))
+        except ValueError as e:
+            raise ValueError(f"treatment 'cross' cannot copy {n} {kind} layers of {source_model} into {model}: "
+                             f"{str(e).splitlines()[0]}") from None
+        finally:
+            keras.backend.clear_session()
 
 
 def train_kwargs(run, config, output_dir):
@@ -321,8 +370,8 @@ def train_kwargs(run, config, output_dir):
     dataset, classes = config.data(t.data)
     kwargs = dict(config.train_args, model=run.model, dataset=dataset, classes=classes, seed=run.seed,
                   run_dir=results.run_dir(output_dir, run.run_id))
-    if run.source_size:
-        kwargs["max_per_class"] = run.source_size
+    if run.source_size and t.data == "A":
+        kwargs["max_per_class"] = run.source_size  # only base A trains on A; a transfer's B keeps train_args'
     if t.uses_n:
         kwargs.update(kind=run.kind, n=run.train_n, order=t.order, freeze=t.freeze)
         if t.master_keys:
@@ -357,17 +406,72 @@ def _first_difference(old, new, prefix=""):
     return None
 
 
-def _write_definition(output_dir, the_plan):
-    """Write sweep.json; refuse when the directory holds a sweep with other settings."""
+def _union(old, new):
+    return list(dict.fromkeys([*old, *new]))
+
+
+def _trained_backend(output_dir, runs):
+    """The backend recorded in the first readable metrics.json of `runs` (sweep.json of older versions did
+    not record it), or None."""
+    for run in runs:
+        try:
+            metrics = results.read_metrics(results.run_dir(output_dir, run.run_id)) or {}
+        except ValueError:
+            continue  # cut off by a crash: that run is retrained
+        backend = metrics.get("backend") or (metrics.get("spec") or {}).get("backend")
+        if backend:
+            return backend
+    return None
+
+
+def merge_plans(old, new, output_dir):
+    """The plan of `output_dir`, which holds `old`, after planning `new` into it: the runs of `old`, then those
+    of `new` that are not in it, with arms (depths), seeds, treatments, depth tokens and source sizes united.
+
+    Raises ValueError (one line) when `new` changes a setting (`Plan.settings`), or the cross source or its
+    kernel/channel maps while both plans have cross runs.
+    """
+    refuse = f"{output_dir!r} holds a sweep with other settings ({{}}: {{!r}} -> {{!r}}); use another output directory"
+    diff = _first_difference(old.settings(), new.settings())
+    if diff:
+        raise ValueError(refuse.format(*diff))
+    old_cross, new_cross = (any(r.treatment == "cross" for r in p.runs) for p in (old, new))
+    cross_fields = ("cross_source", "cross_kernel_map", "cross_channel_map")
+    if old_cross and new_cross:
+        for field in cross_fields:
+            if getattr(old.config, field) != getattr(new.config, field):
+                raise ValueError(refuse.format(field, getattr(old.config, field), getattr(new.config, field)))
+    planned = {r.run_id: r for r in old.runs}
+    runs = old.runs + [r for r in new.runs if r.run_id not in planned]
+    arms = {(a.model, a.kind): a for a in old.arms}
+    for arm in new.arms:
+        known = arms.get((arm.model, arm.kind))
+        arms[arm.model, arm.kind] = arm if known is None else dataclasses.replace(
+            known, depths=tuple(sorted({*known.depths, *arm.depths})),
+            cross_depths=tuple(sorted({*known.cross_depths, *arm.cross_depths})))
+    arms = list(arms.values())
+    cross = new.config if new_cross else old.config
+    config = dataclasses.replace(
+        new.config, models=[a.model for a in arms], kinds=[a.kind for a in arms],
+        depths=_union(map(str, old.config.depths), map(str, new.config.depths)),
+        treatments=_union(old.config.treatments, new.config.treatments),
+        seeds=_union(old.config.seeds, new.config.seeds),
+        source_sizes=_union(old.config.source_sizes, new.config.source_sizes),
+        **{field: getattr(cross, field) for field in cross_fields})
+    return Plan(config, arms, runs, new.backend)
+
+
+def _write_definition(output_dir, the_plan, poll_s, lock_stale_s):
+    """Write sweep.json: `the_plan`, or its union with the sweep the directory holds (`merge_plans`)."""
     path = os.path.join(output_dir, "sweep.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            old = Plan.from_json(json.load(f)).config.settings()
-        diff = _first_difference(old, the_plan.config.settings())
-        if diff:
-            raise ValueError(f"{output_dir!r} holds a sweep with other settings ({diff[0]}: {diff[1]!r} -> "
-                             f"{diff[2]!r}); use another output directory")
-    results.atomic_write_json(path, the_plan.to_json())
+    with locks.hold(results.lock_path(output_dir, "sweep.json"), poll_s, lock_stale_s):
+        if os.path.exists(path):
+            old = Plan.from_json(results.load_definition(output_dir))
+            if old.backend is None:
+                old.backend = _trained_backend(output_dir, old.runs) or the_plan.backend
+            the_plan = merge_plans(old, the_plan, output_dir)
+        results.atomic_write_json(path, the_plan.to_json())
+    return the_plan
 
 
 class _Runner:
@@ -429,7 +533,11 @@ class _Runner:
 
     def _train(self, run):
         kwargs = train_kwargs(run, self.plan.config, self.out)
-        prev = results.read_metrics(kwargs["run_dir"])
+        try:
+            prev = results.read_metrics(kwargs["run_dir"])
+        except ValueError:  # metrics.json cut off by a crash (this process holds the run's lock)
+            os.remove(os.path.join(kwargs["run_dir"], "metrics.json"))
+            prev = {"status": "failed"}
         if prev is not None and prev.get("status") == "finished":
             metrics = prev  # killed after training, before the result file was written
         else:
@@ -459,7 +567,8 @@ def run_sweep(config, output_dir, *, shard_index=0, num_shards=1, train_fn=None,
       log: progress lines (one per run).
       poll_s, lock_stale_s: how often to look at a run locked by another process, and after how many
         seconds without a heartbeat its lock counts as abandoned.
-    Returns the merged result rows (`results.merge`); rows of other shards' unfinished runs are missing.
+    Returns the merged result rows (`results.merge`) of every run planned in `output_dir` so far (see
+    `merge_plans`); rows of unfinished runs are missing.
     """
     if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
         raise ValueError(f"num_shards={num_shards!r} must be a positive integer")
@@ -468,7 +577,7 @@ def run_sweep(config, output_dir, *, shard_index=0, num_shards=1, train_fn=None,
     the_plan = plan(config)
     for sub in ("", "runs", "results", "locks"):
         os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
-    _write_definition(output_dir, the_plan)
+    planned = _write_definition(output_dir, the_plan, poll_s, lock_stale_s).runs
     if flags_text is not None:
         results.atomic_write_text(os.path.join(output_dir, "flags.txt"), flags_text)
     mine = the_plan.runs[shard_index::num_shards]
@@ -480,6 +589,6 @@ def run_sweep(config, output_dir, *, shard_index=0, num_shards=1, train_fn=None,
         runner.ensure(run, f"{i}/{len(mine)}")
     rows = results.merge(output_dir, poll_s=poll_s, lock_stale_s=lock_stale_s)
     done = sum(r["status"] == "finished" for r in rows)
-    log(f"sweep {the_plan.config.name!r}:{shard} {done}/{len(the_plan.runs)} runs finished, "
-        f"{time.time() - start:.0f} s; report: {os.path.join(output_dir, 'report.md')}")
+    log(f"sweep {the_plan.config.name!r}:{shard} {done}/{len(planned)} runs finished (all planned in "
+        f"{output_dir}), {time.time() - start:.0f} s; report: {os.path.join(output_dir, 'report.md')}")
     return rows

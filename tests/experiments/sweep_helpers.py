@@ -16,10 +16,14 @@ class Killed(BaseException):
 class FakeTrain:
     """Records calls; writes metrics.json like `train`; top-1 is a deterministic function of what the run
     computes (model, data, source, n, order, freeze, seed, size). `kill_at`: the k-th call (1-based) writes
-    a 'running' metrics.json and raises `Killed`; `fail`: run-dir names whose call raises TrainingFailed."""
+    a 'running' metrics.json and raises `Killed`; `fail`: run-dir names whose call raises TrainingFailed;
+    `crash`: run-dir names whose call writes a 'failed' metrics.json and raises RuntimeError (as `train` does
+    for an error that is not a NaN loss). Like `train`, a run directory whose metrics.json is not valid JSON
+    is refused (ValueError), and a finished one unless `overwrite`."""
 
-    def __init__(self, kill_at=None, fail=(), sleep_s=0.0):
+    def __init__(self, kill_at=None, fail=(), sleep_s=0.0, crash=()):
         self.calls, self.kill_at, self.fail, self.sleep_s = [], kill_at, set(fail), sleep_s
+        self.crash = set(crash)
         self._lock = threading.Lock()
 
     @staticmethod
@@ -36,6 +40,14 @@ class FakeTrain:
             self.calls.append(kw)
             count = len(self.calls)
         run_dir, name = kw["run_dir"], os.path.basename(kw["run_dir"])
+        if os.path.exists(os.path.join(run_dir, "metrics.json")):
+            with open(os.path.join(run_dir, "metrics.json")) as f:
+                try:
+                    prev = json.load(f)
+                except json.JSONDecodeError:
+                    raise ValueError(f"{run_dir}/metrics.json is not valid JSON") from None
+            if prev["status"] == "finished" and not kw.get("overwrite"):
+                raise FileExistsError(f"{run_dir} holds a finished run")
         os.makedirs(run_dir, exist_ok=True)
         for key in ("source", "master_key_reference"):
             if kw.get(key) not in (None, "master_keys"):
@@ -43,6 +55,9 @@ class FakeTrain:
         if name in self.fail:
             self._write(run_dir, {"status": "failed", "error": "loss became NaN"})
             raise TrainingFailed("loss became NaN at step 3")
+        if name in self.crash:
+            self._write(run_dir, {"status": "failed", "error": "out of memory"})
+            raise RuntimeError("out of memory")
         time.sleep(self.sleep_s)
         if count == self.kill_at:
             self._write(run_dir, {"status": "running"})

@@ -20,6 +20,12 @@ BASE = ["mk-sweep", "--classes_a=fashion_garments", "--classes_b=fashion_accesso
     (["--seeds=0,x"], "mk-sweep: error: --seeds=0,x: expected integers"),
     (["--shard_index=2", "--num_shards=2"], "mk-sweep: error: shard_index=2 is out of range; allowed: 0..1"),
     (["--epochs=0"], "mk-sweep: error: flag --epochs=0"),
+    (["--seeds=0,1,0"], "mk-sweep: error: seeds lists 0 more than once; give each value once"),
+    (["--source_sizes=50,50", "--treatments=baseA,baseB,AnB"], "mk-sweep: error: source_sizes lists 50 more than once"),
+    (["--models=mobilenetv2_cifar", "--kinds=pointwise", "--cross_source=convnext_micro_cifar",
+      "--treatments=baseA,baseB,cross"],
+     "mk-sweep: error: treatment 'cross' cannot copy 5 pointwise layers of convnext_micro_cifar into "
+     "mobilenetv2_cifar: "),
 ])
 def test_bad_definitions_exit_2_with_one_line(tmp_path, capsys, args, message):
     fake = FakeTrain()
@@ -65,3 +71,14 @@ def test_merge_only_without_a_sweep_is_a_usage_error(tmp_path, capsys):
 def test_presets_plan(preset, capsys):
     assert cli.main(["mk-sweep", f"--flagfile={preset}", "--dry_run"]) == 0, capsys.readouterr().err
     assert "runs planned" in capsys.readouterr().out
+
+
+def test_rerun_under_another_name_exits_2_with_one_line(tmp_path, capsys):
+    args = [*BASE, "--models=convnext_micro_cifar", "--depths=1", f"--output_dir={tmp_path}"]
+    assert cli.main([*args, "--name=first"], train_fn=FakeTrain()) == 0
+    capsys.readouterr()
+    fake = FakeTrain()
+    assert cli.main([*args, "--name=second"], train_fn=fake) == 2 and fake.calls == []
+    err = capsys.readouterr().err
+    assert err == (f"mk-sweep: error: {str(tmp_path)!r} holds a sweep with other settings (name: 'first' -> "
+                   "'second'); use another output directory\n")

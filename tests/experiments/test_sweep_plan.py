@@ -61,6 +61,24 @@ def test_random_frozen_plus_and_source_sizes():
     assert "source" not in rnd and rnd["n"] == 5 and rnd["freeze"]
 
 
+def test_only_runs_trained_on_a_get_the_source_size():
+    p = plan(_config(models=["convnext_micro_cifar"], depths=["2"], source_sizes=[100, 300],
+                     treatments=["baseA", "baseB", "AnB", "BnB", "master_keys_fit"], train_args={"max_per_class": 50}))
+    sizes = {r.run_id: train_kwargs(r, p.config, "/o")["max_per_class"] for r in p.runs}
+    assert sizes == {
+        "convnext_micro_cifar-baseA-a100-s0": 100, "convnext_micro_cifar-baseA-a300-s0": 300,
+        "convnext_micro_cifar-baseB-s0": 50, "convnext_micro_cifar-depthwise-AnB-a100-n2-s0": 50,
+        "convnext_micro_cifar-depthwise-AnB-a300-n2-s0": 50, "convnext_micro_cifar-depthwise-BnB-n2-s0": 50,
+        "convnext_micro_cifar-depthwise-master_keys_fit-a100-n2-s0": 50,
+        "convnext_micro_cifar-depthwise-master_keys_fit-a300-n2-s0": 50}
+    cross = plan(_config(models=["mobilenetv2_cifar"], cross_source="convnext_micro_cifar", depths=["1"],
+                         source_sizes=[100], treatments=["baseA", "baseB", "cross"],
+                         train_args={"max_per_class": 50}))
+    kw = {r.treatment: train_kwargs(r, cross.config, "/o") for r in cross.runs if r.model == "mobilenetv2_cifar"}
+    assert kw["cross"]["max_per_class"] == kw["baseB"]["max_per_class"] == 50
+    assert kw["cross"]["source"].endswith("convnext_micro_cifar-baseA-a100-s0")
+
+
 def test_cross_architecture_plan():
     p = plan(_config(models=["mobilenetv2_cifar"], cross_source="convnext_micro_cifar", depths=["all"],
                      treatments=["baseA", "baseB", "AnB", "cross"]))
@@ -99,6 +117,21 @@ def test_paired_kinds_share_bases():
     (dict(cross_source="resnet10_cifar", treatments=["baseA", "baseB", "cross"]), "is also a target model"),
     (dict(train_args={"n": 3}), "train_args sets 'n'"),
     (dict(seeds=[]), "seeds is empty"),
+    (dict(seeds=[0, 1, 0]), "seeds lists 0 more than once; give each value once"),
+    (dict(source_sizes=[100, 300, 100]), "source_sizes lists 100 more than once"),
+    (dict(treatments=["baseA", "baseB", "AnB", "AnB"]), "treatments lists 'AnB' more than once"),
+    (dict(models=["convnext_micro_cifar", "convnext_micro_cifar"], kinds=["auto", "depthwise"]),
+     "model 'convnext_micro_cifar' is listed more than once with kind 'depthwise'"),
+    (dict(treatments=["baseA", "baseB", "master_keys_fit"], train_args={"freeze_following_norm": True}),
+     "train_args freeze_following_norm=True does not apply to treatment 'master_keys_fit'"),
+    # a Dense pointwise kernel (ConvNeXt) cannot be mapped onto a 1x1 Conv2D one (MobileNetV2)
+    (dict(models=["mobilenetv2_cifar"], kinds=["pointwise"], cross_source="convnext_micro_cifar", depths=["1"],
+          treatments=["baseA", "baseB", "cross"]),
+     "treatment 'cross' cannot copy 1 pointwise layers of convnext_micro_cifar into mobilenetv2_cifar: "),
+    # without a kernel map, 7x7 depthwise kernels do not fit MobileNetV2's 3x3 ones
+    (dict(models=["mobilenetv2_cifar"], cross_source="convnext_micro_cifar", cross_kernel_map=None, depths=["2"],
+          treatments=["baseA", "baseB", "cross"]),
+     "treatment 'cross' cannot copy 2 depthwise layers of convnext_micro_cifar into mobilenetv2_cifar: "),
 ])
 def test_bad_definitions_raise_one_line(overrides, message):
     with pytest.raises(ValueError) as e:

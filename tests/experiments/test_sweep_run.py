@@ -1,11 +1,13 @@
 """Sweep execution with a stand-in for `train`: outputs, resume after a kill, shards, locks, failures."""
 
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
 
+import keras
 import pytest
 from sweep_helpers import FakeTrain, Killed
 
@@ -110,15 +112,132 @@ def test_failed_base_fails_its_dependents_and_the_sweep_goes_on(tmp_path):
     assert rerun.calls == []  # a recorded failure is a result: not retried
 
 
-def test_other_settings_in_the_same_directory_are_refused(tmp_path):
+def _rerun(out, fake=None, **overrides):
+    return run_sweep(SweepConfig(**{**CONFIG, **overrides}), str(out), train_fn=fake or FakeTrain(),
+                     log=lambda line: None, poll_s=0.05)
+
+
+def _definition(out):
+    with open(os.path.join(out, "sweep.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"train_args": {"epochs": 2}}, "train_args.epochs: 1 -> 2"),
+    ({"name": "u"}, "name: 't' -> 'u'"),
+    ({"classes_b": "fashion_garments"}, "classes_b: 'fashion_accessories' -> 'fashion_garments'"),
+])
+def test_other_settings_in_the_same_directory_are_refused(tmp_path, overrides, message):
     _sweep(tmp_path, FakeTrain())
-    changed = SweepConfig(**{**CONFIG, "train_args": {"epochs": 2}})
-    with pytest.raises(ValueError, match=r"other settings \(train_args.epochs: 1 -> 2\)"):
-        run_sweep(changed, str(tmp_path), train_fn=FakeTrain(), log=lambda line: None)
-    more = SweepConfig(**{**CONFIG, "seeds": [0, 1, 2]})  # extending the sweep is allowed
+    before = _definition(tmp_path)
     fake = FakeTrain()
-    run_sweep(more, str(tmp_path), train_fn=fake, log=lambda line: None)
-    assert len(fake.calls) == PLANNED // 2
+    with pytest.raises(ValueError) as e:
+        _rerun(tmp_path, fake, **overrides)
+    assert f"{str(tmp_path)!r} holds a sweep with other settings ({message}); use another output directory" == str(
+        e.value)
+    assert fake.calls == [] and _definition(tmp_path) == before
+
+
+def test_another_backend_is_refused_and_recorded(tmp_path):
+    _sweep(tmp_path, FakeTrain())
+    definition = _definition(tmp_path)
+    assert definition["backend"] == keras.backend.backend()
+    other = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
+    with open(tmp_path / "sweep.json", "w") as f:
+        json.dump({**definition, "backend": other}, f)
+    with pytest.raises(ValueError, match=f"other settings \\(backend: '{other}' -> '{keras.backend.backend()}'\\)"):
+        _rerun(tmp_path)
+    # a sweep.json without a backend (older versions): the one its trained runs recorded
+    del definition["backend"]
+    with open(tmp_path / "sweep.json", "w") as f:
+        json.dump(definition, f)
+    metrics_path = tmp_path / "runs" / "resnet10_cifar-baseB-s1" / "metrics.json"
+    with open(metrics_path) as f:
+        metrics = json.load(f)
+    with open(metrics_path, "w") as f:
+        json.dump({**metrics, "backend": other}, f)
+    with pytest.raises(ValueError, match=f"backend: '{other}' -> "):
+        _rerun(tmp_path)
+    with open(metrics_path, "w") as f:
+        json.dump(metrics, f)
+    _rerun(tmp_path)
+    assert _definition(tmp_path)["backend"] == keras.backend.backend()
+
+
+def test_reruns_add_runs_and_results_are_the_union(tmp_path):
+    rows = _sweep(tmp_path, FakeTrain())
+    fake = FakeTrain()
+    more = _rerun(tmp_path, fake, seeds=[2], depths=["2"])  # only seed 2, another depth
+    assert len(fake.calls) == 4 + 2 * 3  # bases + 2 arms x 3 treatments at depth 2
+    assert more[:len(rows)] == rows and len(more) == len(rows) + len(fake.calls)
+    definition = _definition(tmp_path)
+    assert len(definition["runs"]) == len(more) == len(_read(tmp_path / "results.csv").splitlines()) - 1
+    config = definition["config"]
+    assert (config["seeds"], config["depths"]) == ([0, 1, 2], ["1", "3", "5", "2"])
+    assert [(a["model"], a["kind"], a["depths"]) for a in definition["arms"]] == [
+        ("convnext_micro_cifar", "depthwise", [1, 2, 3, 5]), ("resnet10_cifar", "conv", [1, 2, 3, 5])]
+    # dropping treatments from the flags trains nothing and keeps their results
+    fake = FakeTrain()
+    assert _rerun(tmp_path, fake, treatments=["baseA", "baseB", "AnB"]) == more and fake.calls == []
+    assert len(_definition(tmp_path)["runs"]) == len(more)
+    assert _definition(tmp_path)["config"]["treatments"] == CONFIG["treatments"]
+    # a new treatment trains its runs only
+    fake = FakeTrain()
+    _rerun(tmp_path, fake, seeds=[0], treatments=["baseA", "baseB", "random_frozen"])
+    assert sorted(fake.run_names()) == sorted(f"{m}-random_frozen-n{n}-s0" for m in ("convnext_micro_cifar-depthwise",
+                                                                                    "resnet10_cifar-conv")
+                                              for n in (1, 3, 5))
+    assert "random_frozen" in _read(tmp_path / "report.md")
+
+
+def test_cross_can_be_added_and_dropped_but_its_source_not_changed(tmp_path):
+    base = dict(models=["convnext_micro_cifar"], depths=["1"], seeds=[0], treatments=["baseA", "baseB", "AnB"])
+    first = _rerun(tmp_path, **base)
+    fake = FakeTrain()
+    cross = dict(base, treatments=["baseA", "baseB", "cross"], cross_source="mobilenetv2_cifar")
+    rows = _rerun(tmp_path, fake, **cross)
+    assert fake.run_names() == ["mobilenetv2_cifar-baseA-s0", "convnext_micro_cifar-depthwise-cross-n1-s0"]
+    assert [r["run_id"] for r in rows] == [r["run_id"] for r in first] + fake.run_names()
+    config = _definition(tmp_path)["config"]
+    assert (config["treatments"], config["cross_source"]) == (["baseA", "baseB", "AnB", "cross"], "mobilenetv2_cifar")
+    fake = FakeTrain()
+    assert _rerun(tmp_path, fake, **base) == rows and fake.calls == []  # cross dropped from the flags
+    assert _definition(tmp_path)["config"]["cross_source"] == "mobilenetv2_cifar"
+    refused = [(dict(cross_source="convnext_atto_cifar"), "cross_source: 'mobilenetv2_cifar' -> 'convnext_atto_cifar'"),
+               (dict(cross_kernel_map="resize"), "cross_kernel_map: 'auto' -> 'resize'")]
+    for changed, message in refused:
+        with pytest.raises(ValueError, match=message):
+            _rerun(tmp_path, **{**cross, **changed})
+
+
+def test_source_sizes_cap_a_only(tmp_path):
+    fake = FakeTrain()
+    rows = _rerun(tmp_path, fake, models=["convnext_micro_cifar"], depths=["5"], seeds=[0], source_sizes=[20, 80],
+                  treatments=["baseA", "baseB", "AnB", "BnB"], train_args={"epochs": 1, "max_per_class": 40})
+    sizes = {os.path.basename(kw["run_dir"]): kw["max_per_class"] for kw in fake.calls}
+    assert sizes == {"convnext_micro_cifar-baseA-a20-s0": 20, "convnext_micro_cifar-baseA-a80-s0": 80,
+                     "convnext_micro_cifar-baseB-s0": 40, "convnext_micro_cifar-depthwise-AnB-a20-n5-s0": 40,
+                     "convnext_micro_cifar-depthwise-AnB-a80-n5-s0": 40, "convnext_micro_cifar-depthwise-BnB-n5-s0": 40}
+    assert {r["source_size"] for r in rows if r["treatment"] == "AnB"} == {20, 80}
+
+
+def test_a_crashed_run_is_retried_a_nan_run_is_not(tmp_path):
+    crashed = "resnet10_cifar-conv-AnB-n3-s0"
+    with pytest.raises(RuntimeError, match="out of memory"):
+        _sweep(tmp_path, FakeTrain(crash={crashed}, fail={"resnet10_cifar-conv-AnB-n1-s0"}))
+    retry = FakeTrain()
+    rows = {r["run_id"]: r for r in _sweep(tmp_path, retry)}
+    assert retry.run_names()[0] == crashed and retry.calls[0]["overwrite"] is True
+    assert rows[crashed]["status"] == "finished" and len(rows) == PLANNED
+    assert rows["resnet10_cifar-conv-AnB-n1-s0"]["status"] == "failed"  # recorded NaN: kept
+    # a metrics.json cut off by a crash (no result written): trained again from scratch
+    os.remove(tmp_path / "results" / f"{crashed}.json")
+    with open(tmp_path / "runs" / crashed / "metrics.json", "w") as f:
+        f.write('{"status": "runn')
+    again = FakeTrain()
+    rows = {r["run_id"]: r for r in _sweep(tmp_path, again)}
+    assert again.run_names() == [crashed] and again.calls[0]["overwrite"] is True
+    assert rows[crashed]["status"] == "finished"
 
 
 def test_stale_locks_are_broken_live_ones_kept(tmp_path):
