@@ -8,7 +8,15 @@ An export directory (default `saved_models/<run name>/`) holds:
   `serving_default` takes `uint8` images, `serve_float32` takes `float32` images;
 - `model.keras`, the Keras archive the SavedModel was made from;
 - `mk_keras_metadata.json`: source, datasets and splits, n/kind/order, frozen layers, the sha256 of every
-  frozen kernel's bytes, class names, mk_keras/Keras/TensorFlow versions.
+  frozen kernel's bytes, the transfer proofs (per transferred frozen kernel: the sha256 recorded by
+  `transfer_filters` for the kernel it assigned and for the source kernel it copied), class names,
+  mk_keras/Keras/TensorFlow versions.
+
+`verify_saved_model` proves the frozen kernels against the source, not only against the export: the
+exported kernels must carry the hashes of the transfer report (the run directory's transfer_report.json,
+or the copy in the metadata when the run directory is gone), and the source model (the report's
+`source.path`, a `.keras` file or run directory), when reachable, must still hold kernels with the
+recorded pre-mapping hashes.
 
 Export needs the TensorFlow backend. Models trained on JAX export through their `.keras` file (a run
 directory's `model.keras`), loaded under TensorFlow; `mk-export` switches to TensorFlow by itself.
@@ -27,19 +35,17 @@ import tempfile
 import keras
 import numpy as np
 
-from mk_keras.filters import iter_layers
+from mk_keras.filters import filter_layers, iter_layers
+from mk_keras.transfer import array_sha256
 
 METADATA_FILE = "mk_keras_metadata.json"
 KERAS_FILE = "model.keras"
+TRANSFER_REPORT = "transfer_report.json"
 EXPORT_ROOT = "saved_models"
 SIGNATURES = {"serving_default": "uint8", "serve_float32": "float32"}
 FORMAT = "mk_keras.export/1"
 # The frozen kernels, in metadata order, as a variable collection of the SavedModel.
 _COLLECTION = "mk_frozen_kernels"
-
-
-def _sha256(array):
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 def _file_sha256(path):
@@ -64,35 +70,37 @@ def _load_keras(path):
         raise ValueError(f"cannot load {path!r} as a Keras model ({type(e).__name__}: {reason})") from e
 
 
-def frozen_kernels(model):
-    """`(layer name, variable)` for every kernel of every frozen (`trainable=False`) layer, and every kernel
-    frozen at the variable level in a trainable layer (a `MasterKeyDepthwiseConv2D`'s master keys), in
-    forward order."""
+def frozen_kernels(model, frozen_variables=()):
+    """`(layer name, variable)` for every kernel of every frozen (`trainable=False`) layer, every kernel
+    frozen at the variable level in a trainable layer (a `MasterKeyDepthwiseConv2D`'s master keys, a
+    `SeparableConv2D` half), and every kernel whose path is in `frozen_variables` (variable-level freezes
+    recorded in a transfer report: `.keras` files do not keep them), in forward order."""
+    named = set(frozen_variables)
     return [
         (layer.name, w)
         for layer in iter_layers(model)
-        for w in layer.non_trainable_weights
-        if w.name.endswith("kernel")
+        for w in layer.weights
+        if w.name.endswith("kernel") and (not layer.trainable or not w.trainable or w.path in named)
     ]
 
 
-def _frozen_layer_names(model):
+def _frozen_layer_names(model, kernels):
     """Frozen layers and layers with a frozen kernel, in forward order."""
-    frozen = {name for name, _ in frozen_kernels(model)}
+    frozen = {name for name, _ in kernels}
     return [layer.name for layer in iter_layers(model)
             if layer.weights and (not layer.trainable or layer.name in frozen)]
 
 
-def _kernel_records(model):
+def _kernel_records(kernels):
     return [
         {
             "layer": layer,
             "variable": v.path,
             "shape": list(v.shape),
             "dtype": keras.backend.standardize_dtype(v.dtype),
-            "sha256": _sha256(keras.ops.convert_to_numpy(v)),
+            "sha256": array_sha256(keras.ops.convert_to_numpy(v)),
         }
-        for layer, v in frozen_kernels(model)
+        for layer, v in kernels
     ]
 
 
@@ -111,7 +119,7 @@ def _run_source(run_dir):
     keras_path = os.path.join(run_dir, KERAS_FILE)
     if not os.path.isfile(keras_path):
         raise FileNotFoundError(f"run directory {run_dir!r} has no {KERAS_FILE}")
-    report_path = os.path.join(run_dir, "transfer_report.json")
+    report_path = os.path.join(run_dir, TRANSFER_REPORT)
     report = _read_json(report_path) if os.path.isfile(report_path) else None
     return keras_path, {"metrics": metrics, "report": report}
 
@@ -119,10 +127,24 @@ def _run_source(run_dir):
 def _transfer_fields(report, metrics):
     """n, kind, order, freeze and the filter source, from transfer_report.json or metrics["transfer"]."""
     transfer = report or metrics.get("transfer") or {}
-    config = metrics.get("config", {})
+    config = metrics.get("spec") or metrics.get("config") or {}
     fields = {key: transfer.get(key, config.get(key)) for key in ("n", "kind", "order", "freeze")}
     fields["filter_source"] = transfer.get("source", config.get("source"))
     return fields
+
+
+def transfer_proofs(report):
+    """The proofs in a transfer report dict (`TransferReport.to_dict()`, transfer_report.json): one record per
+    frozen transferred kernel with its variable path, the sha256 assigned (`sha256`) and, for a copy, the
+    source layer, its filter index and the sha256 of the source kernel before mapping. [] for reports without
+    hashes (master keys, older runs)."""
+    return [
+        {"layer": e["target_layer"], "variable": e["variable"], "sha256": e["kernel_sha256"],
+         "source_layer": e.get("source_layer"), "source_index": e.get("source_index"),
+         "source_sha256": e.get("source_sha256")}
+        for e in (report or {}).get("entries", [])
+        if e.get("frozen") and e.get("kernel_sha256") and e.get("variable")
+    ]
 
 
 def _dataset_fields(info):
@@ -217,15 +239,17 @@ def export_saved_model(model_or_run_dir, path=None, overwrite=False, class_names
     if hasattr(transfer, "to_dict"):
         transfer = transfer.to_dict()
     train_info = metrics.get("dataset") or {}
-    kernels = frozen_kernels(model)
+    transfer_report = report or transfer
+    kernels = frozen_kernels(model, (transfer_report or {}).get("frozen_variables", ()))
     metadata = {
         "format": FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": {**source, "model": metrics.get("model") or model.name},
         "datasets": {"train": _dataset_fields(train_info), "eval": _dataset_fields(metrics.get("eval_dataset"))},
         **_transfer_fields(report or transfer, metrics),
-        "frozen_layers": _frozen_layer_names(model),
-        "frozen_kernels": _kernel_records(model),
+        "frozen_layers": _frozen_layer_names(model, kernels),
+        "frozen_kernels": _kernel_records(kernels),
+        "transfer_proofs": transfer_proofs(transfer_report),
         "class_names": list(class_names) if class_names is not None else train_info.get("class_names"),
         "input": {"shape": list(model.input_shape[1:]), "range": [0, 255], "signatures": SIGNATURES},
         "output": {"key": "probabilities", "classes": int(model.output_shape[-1]),
@@ -296,8 +320,11 @@ class VerifyResult:
     max_abs_diff: dict  # signature name -> max |SavedModel - Keras| over the batch
     atol: float
     kernels_checked: int
-    kernels_differing: list  # variable paths whose bytes differ anywhere (SavedModel or Keras model)
+    kernels_differing: list  # variable paths whose bytes differ anywhere (SavedModel, Keras model, proofs)
     problems: list
+    proofs_checked: int = 0  # transferred frozen kernels checked against the transfer report's hashes
+    source_checked: str | None = None  # the source .keras file whose kernels were checked, if any
+    notes: list = dataclasses.field(default_factory=list)  # what could not be checked, and why
 
     @property
     def ok(self):
@@ -308,8 +335,10 @@ class VerifyResult:
         same = self.kernels_checked - len(self.kernels_differing)
         lines = [f"verify {self.path}: {'OK' if self.ok else 'FAILED'}",
                  f"  outputs vs Keras model: max |diff| {diffs} (tolerance {self.atol:g})",
-                 f"  frozen kernels: {same}/{self.kernels_checked} bit-identical"]
-        return "\n".join(lines + [f"  - {p}" for p in self.problems])
+                 f"  frozen kernels: {same}/{self.kernels_checked} bit-identical",
+                 f"  transfer proofs: {self.proofs_checked} kernels checked against {TRANSFER_REPORT}"
+                 + (f", source kernels against {self.source_checked}" if self.source_checked else "")]
+        return "\n".join(lines + [f"  - {p}" for p in self.problems] + [f"  note: {n}" for n in self.notes])
 
 
 def _probe(path, images, timeout):
@@ -335,7 +364,11 @@ def verify_saved_model(path, model=None, batch_size=8, atol=1e-5, seed=0, timeou
     uint8 images through every signature and compares the probabilities with the Keras model's (`model`,
     default the export's `model.keras`; pass `atol` for the float32 tolerance). Checks that every frozen
     kernel in the SavedModel's variables, and in the Keras model, has the sha256 recorded in the metadata,
-    and that `model.keras` is the archive exported. Returns a `VerifyResult` (`.ok`, printable verdict).
+    and that `model.keras` is the archive exported. Then proves the frozen kernels against the transfer:
+    each transferred frozen kernel must have the sha256 `transfer_filters` recorded when it assigned it (from
+    the run directory's transfer_report.json, else the copy in the metadata), and the source model, when its
+    recorded path is reachable, must hold source kernels with the recorded pre-mapping sha256. Returns a
+    `VerifyResult` (`.ok`, printable verdict; `notes` says what could not be checked).
     """
     path = os.fspath(path)
     meta_path = os.path.join(path, METADATA_FILE)
@@ -364,10 +397,25 @@ def verify_saved_model(path, model=None, batch_size=8, atol=1e-5, seed=0, timeou
     weights = {w.path: w for w in model.weights}
     for r in recorded:
         w = weights.get(r["variable"])
-        if w is None or _sha256(keras.ops.convert_to_numpy(w)) != r["sha256"]:
+        if w is None or array_sha256(keras.ops.convert_to_numpy(w)) != r["sha256"]:
             differing.append(r["variable"])
             problems.append(f"kernel {r['variable']} of the Keras model "
                             f"{'is missing' if w is None else 'differs from the metadata'}")
+
+    proofs, notes = _proofs_to_check(metadata, problems)
+    by_variable = {r["variable"]: r for r in recorded}
+    for proof in proofs:
+        r = by_variable.get(proof["variable"])
+        if r is None:
+            differing.append(proof["variable"])
+            problems.append(f"layer {proof['layer']}: transferred frozen kernel {proof['variable']} is not among the "
+                            "export's frozen kernels")
+        elif r["sha256"] != proof["sha256"]:
+            differing.append(proof["variable"])
+            problems.append(f"layer {proof['layer']}: frozen kernel {proof['variable']} changed after the transfer "
+                            f"(sha256 {r['sha256'][:12]} in the export vs {proof['sha256'][:12]} assigned by the "
+                            "transfer)")
+    source_checked = _check_source(metadata, proofs, problems, notes)
 
     result, error = _probe(path, images, timeout)
     max_abs_diff = {}
@@ -390,4 +438,54 @@ def verify_saved_model(path, model=None, batch_size=8, atol=1e-5, seed=0, timeou
                     differing.append(r["variable"])
                     problems.append(f"kernel {r['variable']} in the SavedModel differs from the source model "
                                     f"(sha256 {s['sha256'][:12]} vs {r['sha256'][:12]})")
-    return VerifyResult(path, max_abs_diff, atol, len(recorded), sorted(set(differing)), problems)
+    return VerifyResult(path, max_abs_diff, atol, len(recorded), sorted(set(differing)), problems, len(proofs),
+                        source_checked, notes)
+
+
+def _proofs_to_check(metadata, problems):
+    """The transfer proofs: from the run directory's transfer_report.json when reachable, else the metadata's."""
+    proofs, notes = metadata.get("transfer_proofs") or [], []
+    source = metadata.get("source") or {}
+    report_path = os.path.join(source["path"], TRANSFER_REPORT) if source.get("type") == "run_dir" else None
+    if report_path is not None and os.path.isfile(report_path):
+        current = transfer_proofs(_read_json(report_path))
+        if current != proofs:
+            problems.append(f"{report_path} does not hold the transfer proofs recorded at export")
+        proofs = current
+    elif report_path is not None and proofs:
+        notes.append(f"{report_path} is not reachable: proofs taken from the copy in {METADATA_FILE}")
+    if not proofs and metadata.get("frozen_kernels"):
+        notes.append("no transfer proofs recorded (not a filter transfer, or a report without kernel hashes): "
+                     "frozen kernels checked against the export's own hashes only")
+    return proofs, notes
+
+
+def _check_source(metadata, proofs, problems, notes):
+    """Compare the source model's kernels with the proofs' pre-mapping hashes; returns the file checked."""
+    proofs = [p for p in proofs if p.get("source_sha256")]
+    if not proofs:
+        return None
+    source = metadata.get("filter_source")
+    path = source.get("path") if isinstance(source, dict) else source
+    if not isinstance(path, str):
+        notes.append("no source path recorded: source kernels not checked")
+        return None
+    keras_path = os.path.join(path, KERAS_FILE) if os.path.isdir(path) else path
+    if not os.path.isfile(keras_path):
+        notes.append(f"source model {path} is not reachable: source kernels not checked")
+        return None
+    try:
+        layers = filter_layers(_load_keras(keras_path), metadata["kind"])
+    except ValueError as e:
+        problems.append(f"source model: {e}")
+        return None
+    for proof in proofs:
+        index, name = proof["source_index"], proof["source_layer"]
+        if not isinstance(index, int) or not 0 <= index < len(layers) or layers[index].name != name:
+            problems.append(f"source model {keras_path} has no {metadata['kind']} layer {name!r} at index {index}")
+            continue
+        value = array_sha256(keras.ops.convert_to_numpy(layers[index].kernel))
+        if value != proof["source_sha256"]:
+            problems.append(f"source layer {name}: its kernel in {keras_path} is not the one transferred into "
+                            f"{proof['layer']} (sha256 {value[:12]} vs {proof['source_sha256'][:12]} recorded)")
+    return keras_path

@@ -5,6 +5,9 @@ Usage:
   mk-export --model_file=model.keras [--output=DIR] [--verify]
   mk-export --output=saved_models/AnB_n3 --verify        (verify an existing export)
 
+--verify also proves the frozen kernels against the transfer: the sha256 values transfer_filters recorded in the
+run's transfer_report.json (kernels as assigned) and, when reachable, the source model's kernels before mapping.
+
 The default output is saved_models/<run directory name or .keras file stem>. Export runs Keras on TensorFlow;
 under another backend (KERAS_BACKEND=jax) the binary re-executes itself with KERAS_BACKEND=tensorflow, so
 JAX-trained runs export through their model.keras. Exit status: 0 ok, 1 verification found a difference,
@@ -35,7 +38,8 @@ def define_flags(fv):
     flags.DEFINE_string("output", None, "Export directory (default: saved_models/<run name>).", **d)
     flags.DEFINE_boolean("overwrite", False, "Replace an existing export directory.", **d)
     flags.DEFINE_boolean("verify", False, "Reload the SavedModel in a fresh process, compare its outputs with the "
-                         "Keras model's and check every frozen kernel bit for bit; exit status 1 on a difference. "
+                         "Keras model's, check every frozen kernel bit for bit and against the hashes of the run's "
+                         "transfer_report.json and the source model; exit status 1 on a difference. "
                          "Without --run_dir/--model_file: verify the export at --output.", **d)
     flags.DEFINE_float("atol", 1e-5, "--verify: largest allowed |difference| of the probabilities.", lower_bound=0.0,
                        **d)
@@ -60,7 +64,7 @@ def run(run_dir=None, model_file=None, output=None, overwrite=False, verify=Fals
         print(f"exported {source} -> {path}: SavedModel (serving_default: uint8 [batch,{shape}], serve_float32) "
               f"-> {meta['output']['classes']} class probabilities; {KERAS_FILE}; "
               f"{METADATA_FILE} ({len(meta['frozen_layers'])} frozen layers, "
-              f"{len(meta['frozen_kernels'])} kernel hashes)")
+              f"{len(meta['frozen_kernels'])} kernel hashes, {len(meta['transfer_proofs'])} transfer proofs)")
     if not verify:
         return EXIT_OK
     result = verify_saved_model(path, batch_size=batch_size, atol=atol)

@@ -15,13 +15,17 @@ def sha256(array):
     return hashlib.sha256(np.ascontiguousarray(np.asarray(array)).tobytes()).hexdigest()
 
 
-def make_run_dir(run_dir, model_name, n, kind, num_classes=3, status="finished"):
+def make_run_dir(run_dir, model_name, n, kind, num_classes=3, status="finished", source_path=None):
     """A run directory with a target model whose first `n` `kind` layers come from a random source, frozen.
 
+    The source is saved to `source_path` when given (else its recorded path does not exist).
     Returns `(target model, TransferReport)`.
     """
     keras.utils.set_random_seed(1)
     source = create_model(model_name, num_classes=5)
+    if source_path is not None:
+        os.makedirs(os.path.dirname(source_path), exist_ok=True)
+        source.save(source_path)
     target = create_model(model_name, num_classes=num_classes)
     report = transfer_filters(source, target, n, kind=kind)
     os.makedirs(run_dir, exist_ok=True)
@@ -30,7 +34,8 @@ def make_run_dir(run_dir, model_name, n, kind, num_classes=3, status="finished")
     dataset = {"spec": "digits", "split": "train", "class_names": class_names, "num_classes": num_classes,
                "num_examples": 48, "image_shape": [8, 8, 1], "class_mapping": {str(i): i for i in range(num_classes)},
                "classes_spec": list(range(num_classes)), "max_per_class": 16}
-    source_info = {"path": "/runs/base_A/model.keras", "model": model_name, "dataset": "fashion_mnist"}
+    source_info = {"path": source_path or "/runs/base_A/model.keras", "model": model_name,
+                   "dataset": "fashion_mnist"}
     metrics = {
         "status": status, "model": model_name, "backend": keras.backend.backend(), "dataset": dataset,
         "eval_dataset": {**dataset, "split": "test", "num_examples": 12},

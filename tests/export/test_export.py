@@ -13,7 +13,7 @@ import tensorflow as tf
 from export_helpers import make_run_dir, sha256
 
 import mk_keras
-from mk_keras.export import METADATA_FILE, export_saved_model, verify_saved_model
+from mk_keras.export import METADATA_FILE, export_saved_model, frozen_kernels, verify_saved_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -41,6 +41,8 @@ def test_convnext_export_metadata_records_run_and_frozen_kernels(convnext_export
     assert [(k["layer"], k["sha256"]) for k in meta["frozen_kernels"]] == expected
     assert [k["variable"] for k in meta["frozen_kernels"]] == [f"{layer}/kernel" for layer, _ in expected]
     assert meta["frozen_layers"] == [layer for layer, _ in expected]
+    assert [(p["layer"], p["sha256"], p["source_index"]) for p in meta["transfer_proofs"]] == [
+        (layer, digest, i) for i, (layer, digest) in enumerate(expected)]
     assert (meta["n"], meta["kind"], meta["order"], meta["freeze"]) == (3, "depthwise", "first", True)
     assert meta["source"]["type"] == "run_dir" and meta["source"]["model"] == "convnext_micro_cifar"
     assert meta["filter_source"]["dataset"] == "fashion_mnist"
@@ -57,7 +59,8 @@ def test_convnext_round_trip_verifies(convnext_export):
     assert result.ok, str(result)
     assert set(result.max_abs_diff) == {"serving_default", "serve_float32"}
     assert max(result.max_abs_diff.values()) <= 1e-5
-    assert result.kernels_checked == 3 and result.kernels_differing == []
+    assert result.kernels_checked == 3 and result.kernels_differing == [] and result.proofs_checked == 3
+    assert result.source_checked is None and "source model /runs/base_A/model.keras is not reachable" in str(result)
     assert "OK" in str(result)
 
 
@@ -106,6 +109,66 @@ def test_tampered_export_fails_verification(convnext_export, tmp_path):
     assert f"kernel {expected[0][0]}/kernel of the Keras model differs" in text
     assert f"kernel {expected[1][0]}/kernel in the SavedModel differs" in text
     assert "model.keras differs from the exported archive" in text
+
+
+def _nudge_kernel(keras_file, layer):
+    """Move the first value of `layer`'s kernel in the .keras file one float32 ulp up."""
+    model = keras.saving.load_model(keras_file)
+    kernel = model.get_layer(layer).kernel
+    kernel.assign(_one_ulp_up(keras.ops.convert_to_numpy(kernel)))
+    model.save(keras_file)
+
+
+def test_frozen_kernel_changed_after_transfer_fails_verify(tmp_path):
+    run = str(tmp_path / "run")
+    make_run_dir(run, "convnext_micro_cifar", n=2, kind="depthwise")
+    _nudge_kernel(os.path.join(run, "model.keras"), "stage2_block1_dwconv")  # as a training bug would
+    path = export_saved_model(run, str(tmp_path / "export"))
+    result = verify_saved_model(path)
+    assert not result.ok and result.kernels_differing == ["stage2_block1_dwconv/kernel"]
+    assert max(result.max_abs_diff.values()) <= 1e-5  # the export itself is self-consistent
+    assert result.problems == ["layer stage2_block1_dwconv: frozen kernel stage2_block1_dwconv/kernel changed "
+                               "after the transfer (sha256 " + _metadata(path)["frozen_kernels"][1]["sha256"][:12]
+                               + " in the export vs " + _metadata(path)["transfer_proofs"][1]["sha256"][:12]
+                               + " assigned by the transfer)"]
+    shutil.rmtree(run)  # without the run directory the proofs copied into the metadata still catch it
+    result = verify_saved_model(path)
+    assert not result.ok and "stage2_block1_dwconv: frozen kernel" in str(result)
+    assert f"{run}/transfer_report.json is not reachable" in str(result)
+
+
+def test_verify_checks_the_source_model_when_reachable(tmp_path):
+    run, source = str(tmp_path / "run"), str(tmp_path / "base_A" / "model.keras")
+    make_run_dir(run, "convnext_micro_cifar", n=2, kind="depthwise", source_path=source)
+    path = export_saved_model(run, str(tmp_path / "export"))
+    result = verify_saved_model(path)
+    assert result.ok and result.source_checked == source and result.proofs_checked == 2, str(result)
+    assert f"source kernels against {source}" in str(result)
+    _nudge_kernel(source, "stage1_block1_dwconv")
+    result = verify_saved_model(path)
+    assert not result.ok and len(result.problems) == 1
+    assert result.problems[0].startswith(f"source layer stage1_block1_dwconv: its kernel in {source} is not the one "
+                                         "transferred into stage1_block1_dwconv")
+
+
+def test_variable_level_frozen_kernel_is_exported_from_its_transfer_report(tmp_path):
+    def separable():
+        inputs = keras.Input((8, 8, 3))
+        x = keras.layers.SeparableConv2D(4, 3, name="sep")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(x)))
+
+    target = separable()
+    report = mk_keras.transfer_filters(separable(), target, 1)
+    assert [w.path for _, w in frozen_kernels(target)] == ["sep/depthwise_kernel"]  # in memory
+    keras_file = str(tmp_path / "m.keras")
+    target.save(keras_file)  # .keras files do not keep variable-level trainable flags
+    assert frozen_kernels(keras.saving.load_model(keras_file)) == []
+    path = export_saved_model(keras_file, str(tmp_path / "export"), transfer=report)
+    meta = _metadata(path)
+    assert [k["variable"] for k in meta["frozen_kernels"]] == ["sep/depthwise_kernel"]
+    assert meta["frozen_layers"] == ["sep"] and len(meta["transfer_proofs"]) == 1
+    result = verify_saved_model(path)
+    assert result.ok and result.proofs_checked == 1, str(result)
 
 
 def test_model_without_frozen_layers_exports_and_overwrite_replaces_only_on_success(tmp_path):

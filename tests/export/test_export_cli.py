@@ -23,6 +23,7 @@ def test_resnet_transfer_run_exports_to_saved_models_and_verifies(tmp_path, monk
     assert cli.main(["mk-export", "--run_dir=runs/resnet_conv_n4", "--verify"]) == 0
     out = capsys.readouterr().out
     assert "-> saved_models/resnet_conv_n4" in out and "OK" in out and "4/4 bit-identical" in out
+    assert "4 transfer proofs" in out and "transfer proofs: 4 kernels checked against transfer_report.json" in out
     with open(tmp_path / "saved_models" / "resnet_conv_n4" / METADATA_FILE) as f:
         meta = json.load(f)
     assert meta["kind"] == "conv" and len(meta["frozen_kernels"]) == 4
