@@ -2,6 +2,7 @@
 digits), plus their error paths: one line on stderr, exit status 2, nothing already written lost."""
 
 import json
+import zipfile
 
 import keras
 import numpy as np
@@ -174,3 +175,53 @@ def test_presets_parse(binary, preset):
     binary.define_flags(fv)
     fv([binary.PROG, f"--flagfile=flags/{preset}.flags"])
     assert fv.run_dir.startswith("runs/small/") and fv.dataset == "fashion_mnist"
+
+
+def _truncated_keras(tmp_path):
+    """A valid .keras zip whose model.weights.h5 is cut in half."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.DepthwiseConv2D(3)(inputs))
+    keras.Model(inputs, keras.layers.Dense(5)(x)).save(tmp_path / "ok.keras")
+    with zipfile.ZipFile(tmp_path / "ok.keras") as z_in, zipfile.ZipFile(tmp_path / "cut.keras", "w") as z_out:
+        for name in z_in.namelist():
+            raw = z_in.read(name)
+            z_out.writestr(name, raw[: len(raw) // 2] if name == "model.weights.h5" else raw)
+    return tmp_path / "cut.keras"
+
+
+def _unfinished_run(tmp_path):
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "metrics.json").write_text(json.dumps({"status": "running"}))
+    return tmp_path / "unfinished"
+
+
+@pytest.mark.parametrize(
+    "source, extra, message",
+    [
+        (_truncated_keras, [], "cannot load model file '{p}/cut.keras' (OSError: Unable to synchronously open file "
+                               "(truncated file"),
+        (_truncated_keras, ["--model=convnext_micro_cifar"], "cannot load model file '{p}/cut.keras' (OSError"),
+        (_unfinished_run, [], "run directory '{p}/unfinished' has no model.keras (unfinished run: its metrics.json "
+                              "says status 'running')"),
+        (lambda p: "convnext_micro_cifar", [], "'convnext_micro_cifar' is a registry model (random init); allowed "
+                                               "here: run directory, .keras file"),
+    ],
+)
+def test_mk_transfer_unusable_source_exits_2_with_one_line(source, extra, message, tmp_path, capsys):
+    argv = ["mk-transfer", *TINY, "--classes=5,6,7,8,9", f"--source={source(tmp_path)}", "--n=1",
+            f"--run_dir={tmp_path / 'run'}", *extra]
+    assert transfer.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("mk-transfer: error: ") and "Traceback" not in err
+    assert message.format(p=tmp_path) in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_mk_train_named_split_of_another_dataset_exits_2(tmp_path, capsys):
+    argv = ["mk-train", *TINY, "--classes=fashion_garments", f"--run_dir={tmp_path / 'run'}"]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert ("classes='fashion_garments' is a split of fashion_mnist or tfds:fashion_mnist (10 classes); "
+            "digits[train] has classes '0', '1', '2', ...") in err
+    assert not (tmp_path / "run").exists()
