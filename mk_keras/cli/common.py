@@ -110,7 +110,7 @@ def execute(prog, define_flags, main, argv):
         main(fv)
     except TrainingFailed as e:
         return fail(prog, e, EXIT_FAILED)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
         if os.environ.get("MK_KERAS_TRACEBACK"):
             raise
         return fail(prog, e)
@@ -140,7 +140,7 @@ def optional_int(value):
 
 def report(prog, metrics):
     """One summary line of a finished run on stdout."""
-    run_dir = metrics["config"]["run_dir"]
+    run_dir = metrics["run_dir"]
     frozen = metrics["frozen_layers"]
     transfer = metrics.get("transfer")
     keys = ", master keys" if transfer and (transfer["source"] or {}).get("type") == "master_keys" else ""
@@ -206,7 +206,13 @@ def define_training_flags(fv, model_default="convnext_micro_cifar", exclude=()):
                      lower_bound=1, flag_values=fv)
     d.DEFINE_integer("checkpoint_every", 100, "Checkpoint every N steps (and at every epoch end).",
                      lower_bound=1, flag_values=fv)
-    d.DEFINE_integer("seed", 0, "Seed for initialisation, data order and augmentation.", flag_values=fv)
+    d.DEFINE_integer("seed", 0, "Default of --init_seed and --data_seed.", flag_values=fv)
+    d.DEFINE_integer("init_seed", None, "Seed of the initial weights and training randomness (default: --seed); "
+                     "runs of one model at one init seed start from identical weights.", flag_values=fv)
+    d.DEFINE_integer("data_seed", None, "Seed of the --max_per_class training subset and the data order "
+                     "(default: --seed). The evaluation set never depends on a seed.", flag_values=fv)
+    d.DEFINE_boolean("drop_empty_classes", False, "Drop classes without decodable images (folder datasets) "
+                     "with a warning instead of failing.", flag_values=fv)
     d.DEFINE_boolean("deterministic", False, "TensorFlow op determinism (reproducible, slower on GPU).",
                      flag_values=fv)
     d.DEFINE_enum("distribution", "auto", DISTRIBUTIONS, "Distribution strategy (docs/training.md).",
@@ -229,7 +235,8 @@ def define_training_flags(fv, model_default="convnext_micro_cifar", exclude=()):
             "weight_decay", "warmup_epochs", "min_lr_ratio", "label_smoothing", "drop_path_rate", "ema",
             "ema_momentum", "augment", "mixup", "cutmix", "image_size", "max_per_class", "eval_split",
             "eval_max_per_class", "holdout", "eval_every", "steps_per_epoch", "steps_per_execution", "checkpoint_every",
-            "seed", "deterministic", "distribution", "backend", "mixed_precision", "jit_compile", "data_dir",
+            "seed", "init_seed", "data_seed", "drop_empty_classes", "deterministic", "distribution", "backend",
+            "mixed_precision", "jit_compile", "data_dir",
             "manual_dir", "overwrite", "verbose"]
     return [n for n in names if n not in exclude]
 

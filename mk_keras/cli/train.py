@@ -4,7 +4,7 @@
     mk-train --model=convnext_micro_cifar --dataset=fashion_mnist --classes=fashion_garments \
         --epochs=5 --run_dir=runs/base_garments
 
-Writes flags.txt (a flagfile that reproduces the run), config.json, metrics.json, model.keras and
+Writes flags.txt (a flagfile that reproduces the run), spec.json, metrics.json, model.keras and
 tensorboard/ into --run_dir; rerunning an interrupted command resumes from its last checkpoint.
 """
 

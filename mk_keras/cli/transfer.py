@@ -14,7 +14,10 @@ trainable per-channel shift, fitted to --master_key_reference's filters when giv
 directory also holds transfer_report.json.
 """
 
+import json
+import os
 import sys
+import zipfile
 
 from absl import flags
 
@@ -45,23 +48,33 @@ def define_flags(fv):
                       flag_values=fv)
     flags.DEFINE_enum("channel_map", None, CHANNEL_MAPS, "Map channel counts across architectures.",
                       flag_values=fv)
-    flags.DEFINE_boolean("freeze_following_norm", False, "Also copy and freeze the norm after each frozen layer.",
-                         flag_values=fv)
+    flags.DEFINE_enum("freeze_following_norm", "false", ["false", "true", "all", "affine"],
+                      "Also copy and freeze the norm after each frozen layer: true/all = the whole layer (a frozen "
+                      "BatchNorm normalises with its moving statistics), affine = only scale and offset (batch "
+                      "statistics kept).", flag_values=fv)
     flags.mark_flag_as_required("source", flag_values=fv)
     return [*names, "source", "master_key_reference", "n", "kind", "order", "freeze", "kernel_map", "channel_map",
             "freeze_following_norm"]
 
 
 def source_model_name(source):
-    """The registered architecture of `source` (a `.keras` file or a run directory), read by loading it with
-    `mk_keras.sources.load_source`: a missing, unfinished or corrupt source fails here in one line."""
-    from mk_keras.sources import load_source
+    """The registered architecture of `source` (a `.keras` file or a run directory), read from the archive's
+    config without building the model: TensorFlow must do no work before a multi-worker strategy exists. A
+    corrupt source still fails in one line when `train` loads it."""
     from mk_keras.training import MASTER_KEYS
 
     if source == MASTER_KEYS:
         raise ValueError(f"--source={MASTER_KEYS} needs --model (there is no source architecture); allowed: a "
                          "registered model with depthwise layers, e.g. convnext_micro_cifar")
-    return load_source(source, kinds=("run_dir", "keras_file")).model.name
+    path = os.path.join(source, "model.keras") if os.path.isdir(source) else source
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"source {source!r} has no model.keras; pass a .keras file or a finished run "
+                                "directory" if os.path.isdir(source) else f"source {source!r} does not exist")
+    try:
+        with zipfile.ZipFile(path) as z:
+            return json.loads(z.read("config.json"))["config"]["name"]
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
+        raise ValueError(f"source {path!r} is not a readable .keras file ({type(e).__name__}: {e})") from None
 
 
 def run(**kwargs):
@@ -84,6 +97,8 @@ def main(argv):
         if fv.model is None:
             fv.model = source_model_name(fv.source)
         kwargs = common.training_kwargs(fv, names)
+        kwargs["freeze_following_norm"] = {"false": False, "true": True}.get(fv.freeze_following_norm,
+                                                                              fv.freeze_following_norm)
         common.report(PROG, run(**kwargs, flags_text=common.flagfile_text(fv, names, PROG)))
 
     return common.execute(PROG, define, call, argv)

@@ -67,7 +67,7 @@ def _mixer(mixup, cutmix, seed):
     mix = keras.layers.MixUp(alpha=mixup, seed=seed) if mixup > 0 else None
     cut = keras.layers.CutMix(factor=cutmix, seed=seed) if cutmix > 0 else None
     if mix is None and cut is None:
-        return None
+        return None, []
 
     def apply(step, images, labels):
         def run(layer):
@@ -79,7 +79,47 @@ def _mixer(mixup, cutmix, seed):
         coin = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64), step]))
         return tf.cond(coin < 0.5, lambda: run(mix), lambda: run(cut))
 
-    return apply
+    return apply, [layer for layer in (mix, cut) if layer is not None]
+
+
+# Random draws a layer makes per batch stay below this: batch `step` draws seeds (s, step * _DRAWS + j).
+_DRAWS = 1 << 12
+
+
+def _seed_by_step(layers, seed):
+    """A function `reseed(step)` that sets the seed-generator state of every random Keras layer in `layers`
+    from (seed, layer, step): batch `step` is augmented the same way however the stream was iterated before
+    (a resumed run's new iterator included). Only for sequential (deterministic) maps: parallel calls would
+    race on the shared state."""
+    states = [v for layer in layers for v in layer.variables if "seed_generator_state" in v.path]
+
+    def reseed(step):
+        for i, state in enumerate(states):
+            value = tf.stack([tf.cast(seed + 7919 * i, tf.int64), tf.cast(step, tf.int64) * _DRAWS])
+            state.assign(tf.cast(value, state.dtype))
+
+    return reseed
+
+
+def _endless(ds, buffer, batch_size, seed, num_examples, skip_batches, par):
+    """(stream of batches starting at batch `skip_batches`, that batch's number): see `make_pipeline(repeat=True)`."""
+    per_pass = num_examples // batch_size
+    if per_pass < 1:
+        raise ValueError(f"batch_size={batch_size} exceeds the {num_examples} examples: no full batch to repeat.")
+    first_pass, within = divmod(int(skip_batches), per_pass)
+
+    def permute(p, window, x, y):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(tf.shape(y)[0]), seed=tf.stack([tf.constant(seed, tf.int64), p * (1 << 24) + window]))
+        return tf.gather(x, order), tf.gather(y, order)
+
+    def one_pass(p):
+        # Stateless: tf.data's seeded shuffle takes no per-pass tensor seed when TensorFlow's global seed is 0.
+        windows = ds.batch(buffer).enumerate().map(lambda w, xy: permute(p, w, *xy))
+        return windows.unbatch().batch(batch_size, drop_remainder=True, **par)
+
+    stream = tf.data.Dataset.range(first_pass, 2**62).flat_map(one_pass)
+    return stream.skip(within), int(skip_batches)
 
 
 def _validate(loaded, batch_size, image_size, channels, training, augment, mixup, cutmix, one_hot, resize_mode):
@@ -119,6 +159,8 @@ def make_pipeline(
     one_hot=True,
     resize_mode="resize",
     shuffle_buffer=None,
+    repeat=False,
+    skip_batches=0,
 ):
     """Batched (images float32 [B,H,W,C] in [0, 255], labels) dataset for `model.fit` / `evaluate`.
 
@@ -132,11 +174,16 @@ def make_pipeline(
       mixup, cutmix: MixUp alpha / CutMix factor, 0 disables; both > 0: one of them per batch.
       shuffle_seed: seeds the shuffle, augmentation and mixing.
       cache: True caches the resized uint8 images in memory, a string caches to that file, False none.
-      deterministic: same batches in the same order on every run (sequential augmentation).
+      deterministic: same batches in the same order on every run: augmentation runs sequentially, its random
+        state set from (shuffle_seed, batch number), so batch g is the same whichever iterator produces it.
       one_hot: labels float32 one-hot [B, k]; otherwise int64 [B].
       resize_mode: "resize" (bilinear, antialiased), "pad" (centre pad/crop without scaling) or "crop"
         (scale the shorter side to fit, centre crop).
       shuffle_buffer: default min(num_examples, 50000).
+      repeat: (training) an endless stream of passes over the data, full batches only; pass p permutes each
+        window of `shuffle_buffer` consecutive examples with a stateless seed made from (shuffle_seed, p, window),
+        so batch g of the stream does not depend on how the stream was iterated before. `skip_batches` starts the stream at batch g: whole passes are skipped without reading
+        them, and the batches before g in its pass are batched but not augmented.
     """
     _validate(loaded, batch_size, image_size, channels, training, augment, mixup, cutmix, one_hot, resize_mode)
     size, k = tuple(image_size), loaded.info.num_classes
@@ -156,15 +203,22 @@ def make_pipeline(
     ds = ds.apply(tf.data.experimental.assert_cardinality(loaded.info.num_examples))
     if cache:
         ds = ds.cache(cache if isinstance(cache, str) else "")
-    if training:
-        buffer = shuffle_buffer or max(1, min(loaded.info.num_examples, 50_000))
-        ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder, **par)
+    buffer = shuffle_buffer or max(1, min(loaded.info.num_examples, 50_000))
+    first_batch = 0
+    if training and repeat:
+        ds, first_batch = _endless(ds, buffer, batch_size, shuffle_seed, loaded.info.num_examples, skip_batches, par)
+    else:
+        if training:
+            ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder, **par)
 
     augmenter = _augmenter(augment, shuffle_seed) if training else None
-    mixer = _mixer(mixup, cutmix, shuffle_seed) if training else None
+    mixer, mix_layers = _mixer(mixup, cutmix, shuffle_seed) if training else (None, [])
+    reseed = _seed_by_step([*(augmenter or ()), *mix_layers], shuffle_seed) if deterministic else None
 
     def finish(step, images, labels):
+        if reseed is not None:
+            reseed(step)
         x = tf.cast(images, tf.float32)
         for layer in augmenter or ():
             x = tf.cast(layer(x, training=True), tf.float32)
@@ -173,6 +227,6 @@ def make_pipeline(
             x, y = mixer(step, x, y)
         return tf.clip_by_value(x, 0.0, 255.0), y
 
-    # Keras random layers keep seed state: deterministic mode draws it sequentially.
-    ds = ds.enumerate().map(lambda step, xy: finish(step, *xy), **({} if deterministic else par))
+    # Keras random layers keep seed state: deterministic mode sets it per batch, sequentially.
+    ds = ds.enumerate(first_batch).map(lambda step, xy: finish(step, *xy), **({} if deterministic else par))
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_OPTIONS)

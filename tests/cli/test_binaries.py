@@ -38,7 +38,7 @@ def base_run(tmp_path_factory):
 
 def test_mk_train_writes_a_reproducible_run_directory(base_run):
     run_dir, _ = base_run
-    for name in ("flags.txt", "config.json", "metrics.json", "model.keras"):
+    for name in ("flags.txt", "spec.json", "metrics.json", "model.keras"):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "tensorboard" / "train").glob("events.out.tfevents.*"))
     assert list((run_dir / "tensorboard" / "validation").glob("events.out.tfevents.*"))
@@ -52,10 +52,17 @@ def test_mk_train_writes_a_reproducible_run_directory(base_run):
     fv = flags.FlagValues()
     names = train.define_flags(fv)
     fv(["mk-train", f"--flagfile={run_dir / 'flags.txt'}"])
-    config = json.loads((run_dir / "config.json").read_text())
+    stored = json.loads((run_dir / "spec.json").read_text())
+    spec = stored["spec"]
+    assert stored["spec_hash"] == metrics["spec_hash"] and spec == metrics["spec"]
     for name, value in common.training_kwargs(fv, names).items():
-        if name != "overwrite":
-            assert json.loads(json.dumps(value)) == config[name], name
+        if name in ("overwrite", "verbose", "run_dir"):
+            continue
+        if name in ("init_seed", "data_seed") and value is None:
+            value = spec["seed"]  # unset: they take --seed
+        if name == "image_size" and value is not None:
+            value = [value, value]
+        assert json.loads(json.dumps(value)) == spec[name], name
 
 
 def test_finished_run_is_not_overwritten(base_run, capsys):

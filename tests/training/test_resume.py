@@ -17,7 +17,8 @@ from mk_keras.training import TrainingFailed, train
 
 pytestmark = pytest.mark.slow
 
-KILL_AT_STEP = 14  # epoch 2 of 2 (10 steps each); the last checkpoint before it is step 13
+# 2 epochs of 10 steps, 5 steps per compiled call (steps_per_execution=8 lowered to a divisor of 10),
+# checkpoint_every=3: checkpoints after the calls ending at steps 5, 10 (epoch end), 15, 20.
 _KILLED_RUN = textwrap.dedent(
     """
     import json, os, signal, sys
@@ -27,11 +28,10 @@ _KILLED_RUN = textwrap.dedent(
     class KillAt(keras.callbacks.Callback):
         def __init__(self, step):
             super().__init__()
-            self.step, self.seen = step, 0
+            self.step = step
 
         def on_train_batch_end(self, batch, logs=None):
-            self.seen += 1
-            if self.seen == self.step:
+            if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) >= self.step:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     train(**json.loads(sys.argv[1]), callbacks=[KillAt(int(sys.argv[2]))])
@@ -52,7 +52,7 @@ def source_path(tmp_path_factory):
 
 def _kwargs(run_dir, source):
     return dict(model="convnext_micro_cifar", dataset="digits", max_per_class=16, eval_max_per_class=8,
-                batch_size=16, epochs=2, lr=4e-3, warmup_epochs=0.5, augment="basic", steps_per_execution=1,
+                batch_size=16, epochs=2, lr=4e-3, warmup_epochs=0.5, augment="basic", steps_per_execution=8,
                 checkpoint_every=3, deterministic=True, seed=3, source=source, n=2, run_dir=str(run_dir),
                 verbose=0)
 
@@ -61,38 +61,64 @@ def _strip_times(epochs):
     return [{k: v for k, v in e.items() if k != "wall_time_s"} for e in epochs]
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, source_path):
-    killed_dir = tmp_path / "killed"
-    kwargs = _kwargs(killed_dir, source_path)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, json.dumps(kwargs), str(KILL_AT_STEP)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    state = json.loads((killed_dir / "metrics.json").read_text())
-    assert state["status"] == "running" and state["epochs_completed"] == 1
-    assert (killed_dir / "checkpoint" / "state.npz").exists() and not (killed_dir / "model.keras").exists()
-
-    resumed = train(**kwargs)
-    assert resumed["status"] == "finished"
-    assert resumed["resumed_at_steps"] == [13]
-    assert not (killed_dir / "checkpoint").exists()
-
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, source_path):
+    """The uninterrupted run, and the depthwise kernels it started from (after the transfer)."""
     snapshot = {}
 
     def remember_initial_kernels(model):
         snapshot["dw"] = _kernels(model)
         return {"depthwise_layers": len(snapshot["dw"])}
 
-    straight = train(**_kwargs(tmp_path / "straight", source_path), init_hook=remember_initial_kernels)
-    assert straight["init_hook"] == {"depthwise_layers": 5}
-    assert straight["resumed_at_steps"] == []
+    run_dir = tmp_path_factory.mktemp("straight")
+    metrics = train(**_kwargs(run_dir, source_path), init_hook=remember_initial_kernels)
+    return metrics, run_dir, snapshot["dw"]
+
+
+def _killed_and_resumed(run_dir, source_path, kill_at_step):
+    kwargs = _kwargs(run_dir, source_path)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, json.dumps(kwargs), str(kill_at_step)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    state = json.loads((run_dir / "metrics.json").read_text())
+    assert state["status"] == "running"
+    assert (run_dir / "checkpoint" / "state.npz").exists() and not (run_dir / "model.keras").exists()
+    return state, train(**kwargs)
+
+
+def _assert_same_run(resumed, killed_dir, straight, straight_dir):
     for key in ("top1", "top5", "loss"):
         assert resumed[key] == straight[key], key
     assert _strip_times(resumed["epochs"]) == _strip_times(straight["epochs"])
     a = keras.saving.load_model(killed_dir / "model.keras")
-    b = keras.saving.load_model(tmp_path / "straight" / "model.keras")
+    b = keras.saving.load_model(straight_dir / "model.keras")
     for wa, wb in zip(a.weights, b.weights):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(wa), keras.ops.convert_to_numpy(wb), wa.path)
+
+
+def test_resume_during_the_first_epoch_is_bit_identical(tmp_path, source_path, straight_run):
+    # Killed after the call that ends at step 5 (checkpointed): resumes inside epoch 1.
+    state, resumed = _killed_and_resumed(tmp_path / "killed", source_path, kill_at_step=5)
+    assert state["epochs_completed"] == 0
+    assert resumed["status"] == "finished" and resumed["resumed_at_steps"] == [5]
+    straight, straight_dir, _ = straight_run
+    _assert_same_run(resumed, tmp_path / "killed", straight, straight_dir)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, source_path, straight_run):
+    killed_dir = tmp_path / "killed"
+    state, resumed = _killed_and_resumed(killed_dir, source_path, kill_at_step=15)  # epoch 2 of 2
+    assert state["epochs_completed"] == 1
+    assert resumed["status"] == "finished"
+    assert resumed["resumed_at_steps"] == [15]
+    assert not (killed_dir / "checkpoint").exists()
+
+    straight, straight_dir, initial_dw = straight_run
+    assert straight["init_hook"] == {"depthwise_layers": 5}
+    assert straight["resumed_at_steps"] == []
+    _assert_same_run(resumed, killed_dir, straight, straight_dir)
+    b = keras.saving.load_model(straight_dir / "model.keras")
 
     # Frozen kernels are bit-identical to the source; the trainable ones moved during training.
     source_dw = _kernels(keras.saving.load_model(source_path))
@@ -100,9 +126,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, source_path):
     for i in range(5):
         if i < 2:
             np.testing.assert_array_equal(trained_dw[i], source_dw[i])
-            np.testing.assert_array_equal(snapshot["dw"][i], source_dw[i])
+            np.testing.assert_array_equal(initial_dw[i], source_dw[i])
         else:
-            assert not np.array_equal(trained_dw[i], snapshot["dw"][i]), i
+            assert not np.array_equal(trained_dw[i], initial_dw[i]), i
     assert straight["frozen_layers"] == ["stage1_block1_dwconv", "stage2_block1_dwconv"]
     assert straight["params"]["frozen"] == (7 * 7 * 24 + 24) + (7 * 7 * 48 + 48)
 
