@@ -23,7 +23,7 @@ from mk_keras.cli import common
 
 PROG = "mk-sweep"
 # train() flags the sweep sets per run (or, for --seed, lists as --seeds).
-_PER_RUN = ("model", "dataset", "classes", "run_dir", "seed", "overwrite")
+_PER_RUN = ("model", "dataset", "classes", "run_dir", "seed", "init_seed", "data_seed", "overwrite")
 # Flags that say how this process takes part, not what the sweep is: left out of flags.txt.
 _NOT_STORED = ("shard_index", "num_shards", "merge_only", "dry_run")
 

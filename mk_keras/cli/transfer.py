@@ -67,14 +67,21 @@ def source_model_name(source):
         raise ValueError(f"--source={MASTER_KEYS} needs --model (there is no source architecture); allowed: a "
                          "registered model with depthwise layers, e.g. convnext_micro_cifar")
     path = os.path.join(source, "model.keras") if os.path.isdir(source) else source
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"source {source!r} has no model.keras; pass a .keras file or a finished run "
-                                "directory" if os.path.isdir(source) else f"source {source!r} does not exist")
+    if not (path.endswith(".keras") and os.path.isfile(path)):
+        from mk_keras.sources import load_source
+
+        load_source(source, kinds=("run_dir", "keras_file"))  # raises its one-line error before building anything
     try:
         with zipfile.ZipFile(path) as z:
-            return json.loads(z.read("config.json"))["config"]["name"]
+            name = json.loads(z.read("config.json"))["config"]["name"]
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
         raise ValueError(f"source {path!r} is not a readable .keras file ({type(e).__name__}: {e})") from None
+    from mk_keras.models import list_models
+
+    if name not in list_models():
+        raise ValueError(f"source {path!r} holds a model named {name!r}, not a registered mk_keras architecture; "
+                         "pass --model (mk_keras.list_models())")
+    return name
 
 
 def run(**kwargs):

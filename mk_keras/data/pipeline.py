@@ -89,10 +89,9 @@ _DRAWS = 1 << 12
 def _seed_by_step(layers, seed):
     """A function `reseed(step)` that sets the seed-generator state of every random Keras layer in `layers`
     from (seed, layer, step): batch `step` is augmented the same way however the stream was iterated before
-    (a resumed run's new iterator included). Only for sequential (deterministic) maps: parallel calls would
-    race on the shared state."""
+    (a resumed run's new iterator included). Only for sequential (deterministic) maps, where parallel calls
+    cannot race on the shared state, and the TensorFlow backend."""
     states = [v for layer in layers for v in layer.variables if "seed_generator_state" in v.path]
-
     def reseed(step):
         for i, state in enumerate(states):
             value = tf.stack([tf.cast(seed + 7919 * i, tf.int64), tf.cast(step, tf.int64) * _DRAWS])
@@ -115,7 +114,7 @@ def _endless(ds, buffer, batch_size, seed, num_examples, skip_batches, par):
 
     def one_pass(p):
         # Stateless: tf.data's seeded shuffle takes no per-pass tensor seed when TensorFlow's global seed is 0.
-        windows = ds.batch(buffer).enumerate().map(lambda w, xy: permute(p, w, *xy))
+        windows = ds.batch(buffer).enumerate().map(lambda w, xy: permute(p, w, *xy)).prefetch(1)
         return windows.unbatch().batch(batch_size, drop_remainder=True, **par)
 
     stream = tf.data.Dataset.range(first_pass, 2**62).flat_map(one_pass)
@@ -174,18 +173,26 @@ def make_pipeline(
       mixup, cutmix: MixUp alpha / CutMix factor, 0 disables; both > 0: one of them per batch.
       shuffle_seed: seeds the shuffle, augmentation and mixing.
       cache: True caches the resized uint8 images in memory, a string caches to that file, False none.
-      deterministic: same batches in the same order on every run: augmentation runs sequentially, its random
-        state set from (shuffle_seed, batch number), so batch g is the same whichever iterator produces it.
+      deterministic: same batches in the same order on every run: augmentation runs sequentially and (TensorFlow
+        backend) its random state is set from (shuffle_seed, batch number), so batch g is the same whichever
+        iterator produces it.
       one_hot: labels float32 one-hot [B, k]; otherwise int64 [B].
       resize_mode: "resize" (bilinear, antialiased), "pad" (centre pad/crop without scaling) or "crop"
         (scale the shorter side to fit, centre crop).
       shuffle_buffer: default min(num_examples, 50000).
       repeat: (training) an endless stream of passes over the data, full batches only; pass p permutes each
-        window of `shuffle_buffer` consecutive examples with a stateless seed made from (shuffle_seed, p, window),
-        so batch g of the stream does not depend on how the stream was iterated before. `skip_batches` starts the stream at batch g: whole passes are skipped without reading
-        them, and the batches before g in its pass are batched but not augmented.
+        window of `shuffle_buffer` consecutive examples (all of them when they fit: every dataset up to 50,000
+        examples by default) with a stateless seed made from (shuffle_seed, p, window); windows keep their
+        order. So batch g of the stream does not depend on how the stream was iterated before. `skip_batches`
+        starts the stream at batch g: whole passes are skipped without reading them, and the batches before g in
+        its pass are batched but not augmented.
     """
     _validate(loaded, batch_size, image_size, channels, training, augment, mixup, cutmix, one_hot, resize_mode)
+    if (repeat or skip_batches) and not training:
+        raise ValueError(f"repeat={repeat!r} / skip_batches={skip_batches!r} make a training stream; they need "
+                         "training=True.")
+    if skip_batches and not repeat:
+        raise ValueError(f"skip_batches={skip_batches!r} needs repeat=True.")
     size, k = tuple(image_size), loaded.info.num_classes
     in_channels = loaded.info.image_shape[-1]
     ds = loaded.dataset
@@ -214,7 +221,10 @@ def make_pipeline(
 
     augmenter = _augmenter(augment, shuffle_seed) if training else None
     mixer, mix_layers = _mixer(mixup, cutmix, shuffle_seed) if training else (None, [])
-    reseed = _seed_by_step([*(augmenter or ()), *mix_layers], shuffle_seed) if deterministic else None
+    # Under another Keras backend the layers draw, inside tf.data, from TensorFlow generators Keras creates on
+    # first use: their state cannot be set from here, so augmented batches there depend on the iterator.
+    by_step = deterministic and keras.backend.backend() == "tensorflow"
+    reseed = _seed_by_step([*(augmenter or ()), *mix_layers], shuffle_seed) if by_step else None
 
     def finish(step, images, labels):
         if reseed is not None:

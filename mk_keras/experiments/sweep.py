@@ -39,12 +39,12 @@ from mk_keras.experiments import locks, results
 from mk_keras.experiments.treatments import BASES, TREATMENTS
 from mk_keras.filters import FILTER_KINDS
 from mk_keras.models import create_model, model_family
-from mk_keras.training import MASTER_KEYS, TrainingFailed, train
+from mk_keras.training import MASTER_KEYS, RunSpec, TrainingFailed, train
 
 KINDS = (*FILTER_KINDS, "auto")
 # Keyword arguments of `train` that the sweep sets per run; they cannot be given in `train_args`.
-PER_RUN_ARGS = ("model", "dataset", "classes", "run_dir", "seed", "source", "n", "kind", "order", "freeze",
-                "master_key_reference", "kernel_map", "channel_map", "init_hook", "overwrite", "flags_text")
+PER_RUN_ARGS = ("model", "dataset", "classes", "run_dir", "seed", "init_seed", "data_seed", "source", "n", "kind",
+                "order", "freeze", "master_key_reference", "kernel_map", "channel_map", "init_hook", "overwrite", "flags_text")
 # `train_args` that do not change what a run computes: may differ when a sweep is resumed.
 _UNCOMPARED_TRAIN_ARGS = ("verbose", "checkpoint_every")
 
@@ -335,6 +335,8 @@ def plan(config):
                         runs.append(Run(_run_id(arm.model, t.name, seed, arm.kind, n, size), arm.model, t.name, seed,
                                         arm.kind, n, train_n, size, source))
     _check_transfers(config, runs)
+    for run in runs:  # every run's specification is valid before anything trains
+        run_spec(run, config, "")
     return Plan(config, arms, runs, keras.backend.backend())
 
 
@@ -383,6 +385,16 @@ def train_kwargs(run, config, output_dir):
         if t.source == "cross":
             kwargs.update(kernel_map=config.cross_kernel_map, channel_map=config.cross_channel_map)
     return kwargs
+
+
+def run_spec(run, config, output_dir):
+    """The `RunSpec` of `run` (`train_kwargs` without run management); raises ValueError for a bad combination."""
+    kwargs = train_kwargs(run, config, output_dir)
+    fields = {k: v for k, v in kwargs.items() if k not in ("run_dir", "verbose")}
+    try:
+        return RunSpec(**fields)
+    except ValueError as e:
+        raise ValueError(f"run {run.run_id}: {e}") from None
 
 
 def describe(run):

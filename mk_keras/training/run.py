@@ -71,7 +71,6 @@ def _truncate(loaded, count):
     return dataclasses.replace(loaded, dataset=loaded.dataset.take(count), info=info)
 
 
-
 def _param_counts(model, frozen_layers):
     def size(weights):
         return int(sum(math.prod(w.shape) for w in weights))
@@ -98,14 +97,17 @@ def _transfer_summary(report, source_info, spec):
     return {**out, "layers": [e.target_layer for e in report.entries]}
 
 
-
-
 def _versions():
     import tensorflow as tf
 
     import mk_keras
 
-    return {"mk_keras": mk_keras.__version__, "keras": keras.__version__, "tensorflow": tf.__version__}
+    out = {"mk_keras": mk_keras.__version__, "keras": keras.__version__, "tensorflow": tf.__version__}
+    if keras.backend.backend() == "jax":
+        import jax
+
+        out["jax"] = jax.__version__
+    return out
 
 
 def _source_spec(value, what):
@@ -121,10 +123,8 @@ def _source_spec(value, what):
 
 
 def _source_file(value, what):
-    """The `.keras` file a source spec names (a run directory's model.keras), checked to exist; None for an
-    in-memory model. Nothing is loaded yet: the target model must be built first."""
-    if value.startswith("<keras.Model"):
-        return None
+    """The `.keras` file a source spec names (a run directory's model.keras), checked to exist. Nothing is
+    loaded yet: the target model must be built first."""
     path = os.path.join(value, "model.keras") if os.path.isdir(value) else value
     if os.path.isdir(value) and not os.path.isfile(path):
         raise FileNotFoundError(f"{what} run directory {value!r} has no model.keras (unfinished run?)")
@@ -141,6 +141,13 @@ def _load(value, model):
 
     loaded = load_source(model if model is not None else value, kinds=TRAINED_KINDS)
     return loaded.model, loaded.to_dict()
+
+
+def _weights_sha256(model):
+    digest = hashlib.sha256()
+    for w in model.weights:
+        digest.update(np.ascontiguousarray(checkpoint.to_numpy(w)).tobytes())
+    return digest.hexdigest()
 
 
 def initial_weight_hashes(model):
@@ -209,9 +216,10 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
     hashes = {}
     for key, model in (("source", source_model), ("master_key_reference", reference_model)):
         value = getattr(spec, key)
-        if value is not None and not (key == "source" and spec.uses_master_keys):
-            path = _source_file(value, key)
-            hashes[f"{key}_sha256"] = None if path is None else file_sha256(path)
+        if model is not None:  # in memory: the hash of its weights
+            hashes[f"{key}_sha256"] = _weights_sha256(model)
+        elif value is not None and not (key == "source" and spec.uses_master_keys):
+            hashes[f"{key}_sha256"] = file_sha256(_source_file(value, key))
     spec = spec.replace(**hashes, backend=keras.backend.backend(), versions=_versions())
     sources = {"source": source_model, "reference": reference_model}
 
@@ -320,6 +328,10 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
                  "metric_values": None}
         ckpt_dir = None if run_dir is None else os.path.join(run_dir, rundir.CHECKPOINT_DIR)
         if resume_meta is not None:
+            if precision == "mixed_float16":  # its loss-scale optimizer does not count the steps it skips
+                raise ValueError(f"run directory {run_dir!r} holds an unfinished mixed_float16 run, which cannot be "
+                                 "resumed exactly (skipped overflow steps are not counted); pass overwrite to start "
+                                 "over, or train with mixed_bfloat16")
             meta, metric_values = checkpoint.restore_state(ckpt_dir, net)
             state.update(meta, metric_values=metric_values)
             state["step"] = int(checkpoint.to_numpy(net.optimizer.iterations))
@@ -374,7 +386,9 @@ def _transfer(net, spec, models):
         ref_model, ref_info = (_load(spec.master_key_reference, models["reference"])
                                if spec.master_key_reference is not None else (None, None))
         net, report = assign_master_keys(net, spec.n, reference=ref_model, order=spec.order, shift="kernel")
-        return net, report, {"type": MASTER_KEYS, "reference": ref_info, "sha256": spec.master_key_reference_sha256}
+        if ref_info is not None:
+            ref_info = {**ref_info, "sha256": spec.master_key_reference_sha256}
+        return net, report, {"type": MASTER_KEYS, "reference": ref_info}
     if spec.source is not None:
         source, info = _load(spec.source, models["source"])
         report = transfer_filters(source, net, spec.n, spec.kind, spec.order, spec.freeze, True, spec.kernel_map,

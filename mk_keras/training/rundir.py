@@ -13,10 +13,8 @@ import json
 import os
 import shutil
 
-import numpy as np
-
 from mk_keras.training import checkpoint
-from mk_keras.training.spec import EXECUTION_FIELDS
+from mk_keras.training.spec import EXECUTION_FIELDS, json_default
 
 CHECKPOINT_DIR = "checkpoint"
 ARTIFACTS = ("metrics.json", "spec.json", "flags.txt", "transfer_report.json", "model.keras", "tensorboard",
@@ -27,7 +25,7 @@ def write_json(path, obj):
     """Write `obj` as JSON to `path` atomically (a temporary file, then `os.replace`)."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=_json_default)
+        json.dump(obj, f, indent=1, default=json_default)
     os.replace(tmp, path)
 
 
@@ -41,14 +39,6 @@ def read_json(path):
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); it was probably cut off by a crash: delete it (or the "
                          "run directory) to start that run over") from None
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def check_writable(run_dir):
@@ -67,13 +57,15 @@ def inspect(run_dir, overwrite, spec):
     (fields in `EXECUTION_FIELDS` may change on resume).
     """
     check_writable(run_dir)
+    if overwrite:
+        return None
     prev = read_json(os.path.join(run_dir, "metrics.json"))
-    if overwrite or prev is None:
+    if prev is None:
         return None
     if prev.get("status") == "finished":
         raise FileExistsError(f"run directory {run_dir!r} holds a finished run; pass overwrite (--overwrite) to "
                               "replace it, or choose another run directory")
-    old = {k: v for k, v in (prev.get("spec") or {}).items() if k not in EXECUTION_FIELDS}
+    old = {k: v for k, v in (prev.get("spec") or {}).items() if k not in (*EXECUTION_FIELDS, "seed")}
     new = spec.identity()
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:

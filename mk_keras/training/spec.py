@@ -5,8 +5,8 @@ builds one per trial. A run directory stores the resolved spec (`spec.json`, and
 reports render from it, never from today's defaults. `spec_hash` (sha256 of the canonical JSON of the fields
 that change results) is the run's identity.
 
-Seeds: `seed` is the default of `init_seed` (weight initialisation and every random draw of training) and
-`data_seed` (the `max_per_class` training subset and the order of the training stream). The evaluation set does
+Seeds: `seed` is the default of `init_seed` (weight initialisation, dropout / drop-path draws) and `data_seed`
+(the `max_per_class` training subset, the order of the training stream and its augmentation). The evaluation set does
 not depend on either: the full `eval_split`, or with `eval_max_per_class` one subset fixed by `EVAL_SUBSET_SEED`.
 """
 
@@ -106,8 +106,13 @@ class RunSpec:
             set_("image_size", (int(self.image_size), int(self.image_size)))
         elif self.image_size is not None:
             set_("image_size", tuple(int(x) for x in self.image_size))
-        if isinstance(self.classes, tuple):
-            set_("classes", list(self.classes))
+        if isinstance(self.classes, list):
+            set_("classes", tuple(self.classes))  # frozen: a list could be changed after hashing
+        # One spelling per setting, so equal runs hash equally.
+        if self.freeze_following_norm is True:
+            set_("freeze_following_norm", "all")
+        if self.mixed_precision in (True, "none", None):
+            set_("mixed_precision", "mixed_bfloat16" if self.mixed_precision is True else False)
         for key in ("source", "master_key_reference", "data_dir", "manual_dir"):
             value = getattr(self, key)
             if isinstance(value, os.PathLike):
@@ -116,7 +121,15 @@ class RunSpec:
 
     def to_dict(self):
         """The fields as a JSON-ready dict."""
-        return json.loads(json.dumps(dataclasses.asdict(self), default=_json_default))
+        return json.loads(json.dumps(dataclasses.asdict(self), default=json_default))
+
+    def replace(self, **changes):
+        """A copy with `changes`; a new `seed` also moves `init_seed` / `data_seed` where they followed it."""
+        if "seed" in changes:
+            for key in ("init_seed", "data_seed"):
+                if key not in changes and getattr(self, key) == self.seed:
+                    changes[key] = None
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_dict(cls, fields):
@@ -126,12 +139,10 @@ class RunSpec:
             raise ValueError(f"unknown run specification fields {unknown}; allowed: see mk_keras.training.RunSpec")
         return cls(**fields)
 
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
-
     def identity(self):
-        """The fields that change what the run computes (the spec without `EXECUTION_FIELDS`)."""
-        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+        """The fields that change what the run computes: the spec without `EXECUTION_FIELDS` and without `seed`
+        (only the default of the two seeds, which are resolved)."""
+        return {k: v for k, v in self.to_dict().items() if k not in (*EXECUTION_FIELDS, "seed")}
 
     def spec_hash(self):
         """sha256 of the canonical JSON of `identity()`: the run's identity."""
@@ -152,7 +163,8 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def _json_default(value):
+def json_default(value):
+    """`json.dump(default=...)` for NumPy scalars and arrays (anything else: its str)."""
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     if isinstance(value, np.ndarray):

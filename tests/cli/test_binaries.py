@@ -185,15 +185,21 @@ def test_presets_parse(binary, preset):
 
 
 def _truncated_keras(tmp_path):
-    """A valid .keras zip whose model.weights.h5 is cut in half."""
+    """A valid .keras zip whose model.weights.h5 is cut in half (named like a registered architecture)."""
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.DepthwiseConv2D(3)(inputs))
-    keras.Model(inputs, keras.layers.Dense(5)(x)).save(tmp_path / "ok.keras")
+    keras.Model(inputs, keras.layers.Dense(5)(x), name="convnext_micro_cifar").save(tmp_path / "ok.keras")
     with zipfile.ZipFile(tmp_path / "ok.keras") as z_in, zipfile.ZipFile(tmp_path / "cut.keras", "w") as z_out:
         for name in z_in.namelist():
             raw = z_in.read(name)
             z_out.writestr(name, raw[: len(raw) // 2] if name == "model.weights.h5" else raw)
     return tmp_path / "cut.keras"
+
+
+def _unregistered_keras(tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(inputs)), name="mine").save(tmp_path / "m.keras")
+    return tmp_path / "m.keras"
 
 
 def _unfinished_run(tmp_path):
@@ -208,6 +214,8 @@ def _unfinished_run(tmp_path):
         (_truncated_keras, [], "cannot load model file '{p}/cut.keras' (OSError: Unable to synchronously open file "
                                "(truncated file"),
         (_truncated_keras, ["--model=convnext_micro_cifar"], "cannot load model file '{p}/cut.keras' (OSError"),
+        (_unregistered_keras, [], "source '{p}/m.keras' holds a model named 'mine', not a registered mk_keras "
+                                  "architecture; pass --model"),
         (_unfinished_run, [], "run directory '{p}/unfinished' has no model.keras (unfinished run: its metrics.json "
                               "says status 'running')"),
         (lambda p: "convnext_micro_cifar", [], "'convnext_micro_cifar' is a registry model (random init); allowed "
@@ -232,3 +240,24 @@ def test_mk_train_named_split_of_another_dataset_exits_2(tmp_path, capsys):
     assert ("classes='fashion_garments' is a split of fashion_mnist or tfds:fashion_mnist (10 classes); "
             "digits[train] has classes '0', '1', '2', ...") in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("prog", ["mk-train", "mk-tune", "mk-sweep"])
+def test_output_directory_below_a_regular_file_exits_2(prog, tmp_path, capsys):
+    from mk_keras.cli import sweep
+
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("keep me")
+    target = blocker / "run"
+    argv = {
+        "mk-train": ["mk-train", *TINY, f"--run_dir={target}"],
+        "mk-tune": ["mk-tune", *TINY, "--max_trials=1", f"--run_dir={target}"],
+        "mk-sweep": ["mk-sweep", "--dataset_a=digits", "--classes_a=0,1,2,3,4", "--classes_b=5,6,7,8,9",
+                     "--depths=1", f"--output_dir={target}"],
+    }[prog]
+    binary = {"mk-train": train, "mk-tune": tune, "mk-sweep": sweep}[prog]
+    assert binary.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"{prog}: error: ") and "Traceback" not in err
+    assert str(blocker) in err
+    assert blocker.read_text() == "keep me"

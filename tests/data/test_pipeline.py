@@ -107,3 +107,39 @@ def test_pipeline_feeds_fit():
     model.compile(optimizer="adam", loss="categorical_crossentropy", jit_compile=jit)
     history = model.fit(pipe.take(2), epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][-1])
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize("augment, mixup", [(None, 0.0), ("randaugment", 0.2)])
+def test_endless_stream_starts_at_any_batch(digits, augment, mixup):
+    """Batch g of `repeat=True` is the same whether the stream starts at 0 or at g, across window and pass
+    boundaries (the resume guarantee), and every pass is a permutation of the data."""
+    if augment and keras.backend.backend() != "tensorflow":
+        pytest.skip("augmentation is set per batch on the TensorFlow backend only")
+
+    def stream(skip):
+        return data.make_pipeline(digits, batch_size=8, image_size=(8, 8), channels=3, training=True,
+                                  augment=augment, mixup=mixup, deterministic=True, repeat=True,
+                                  skip_batches=skip, shuffle_buffer=50)
+
+    per_pass = digits.info.num_examples // 8
+    reference = batches(stream(0).take(3 * per_pass))
+    for skip in (1, 7, per_pass - 1, per_pass + 3, 2 * per_pass):
+        for i, (x, y) in enumerate(batches(stream(skip).take(3))):
+            np.testing.assert_array_equal(x, reference[skip + i][0], err_msg=f"skip={skip} batch {i}")
+            np.testing.assert_array_equal(y, reference[skip + i][1])
+    if augment is None:
+        labels = [np.concatenate([y.argmax(1) for _, y in reference[p * per_pass:(p + 1) * per_pass]])
+                  for p in range(2)]
+        raw = np.array([y for _, y in digits.dataset.as_numpy_iterator()])
+        for pass_labels in labels:  # full batches of one pass: each example at most once
+            assert len(pass_labels) == per_pass * 8
+            assert np.all(np.bincount(pass_labels, minlength=4) <= np.bincount(raw, minlength=4))
+        assert not np.array_equal(labels[0], labels[1])  # each pass is shuffled anew
+
+
+def test_endless_stream_options_need_training(digits):
+    with pytest.raises(ValueError, match="need training=True"):
+        data.make_pipeline(digits, repeat=True)
+    with pytest.raises(ValueError, match="skip_batches=3 needs repeat=True"):
+        data.make_pipeline(digits, training=True, skip_batches=3)

@@ -28,6 +28,8 @@ def _run(seed=5, **kwargs):
     def snapshot(model):
         seen.update({layer.name: [keras.ops.convert_to_numpy(w) for w in layer.weights] for layer in model.layers
                      if layer.weights})
+        # the next draw of the seeded stream: training randomness (dropout, drop path) starts there
+        seen["next_random_draw"] = [keras.ops.convert_to_numpy(keras.random.uniform((4,)))]
         return {}
 
     args = dict(model=MODEL, dataset="digits", max_per_class=8, eval_max_per_class=2, batch_size=8, epochs=1,
@@ -53,6 +55,7 @@ def test_every_treatment_starts_from_the_same_weights(source_path):
     # After the transfer, every layer the treatment did not copy still holds the shared initial weights.
     base_weights = runs["baseB"][1]
     for name, (metrics, weights) in runs.items():
+        np.testing.assert_array_equal(weights["next_random_draw"][0], base_weights["next_random_draw"][0], name)
         copied = set(metrics["transfer"]["layers"]) if metrics["transfer"] and metrics["transfer"]["source"] else set()
         for layer, values in base_weights.items():
             if layer not in copied:

@@ -17,8 +17,8 @@ from mk_keras.training import TrainingFailed, train
 
 pytestmark = pytest.mark.slow
 
-# 2 epochs of 10 steps, 5 steps per compiled call (steps_per_execution=8 lowered to a divisor of 10),
-# checkpoint_every=3: checkpoints after the calls ending at steps 5, 10 (epoch end), 15, 20.
+# 2 epochs of 16 steps (160 examples, batch 10), 8 steps per compiled call, checkpoint_every=3: checkpoints
+# after the calls ending at steps 8, 16 (epoch end), 24, 32.
 _KILLED_RUN = textwrap.dedent(
     """
     import json, os, signal, sys
@@ -52,7 +52,7 @@ def source_path(tmp_path_factory):
 
 def _kwargs(run_dir, source):
     return dict(model="convnext_micro_cifar", dataset="digits", max_per_class=16, eval_max_per_class=8,
-                batch_size=16, epochs=2, lr=4e-3, warmup_epochs=0.5, augment="basic", steps_per_execution=8,
+                batch_size=10, epochs=2, lr=4e-3, warmup_epochs=0.5, augment="basic", steps_per_execution=8,
                 checkpoint_every=3, deterministic=True, seed=3, source=source, n=2, run_dir=str(run_dir),
                 verbose=0)
 
@@ -98,20 +98,20 @@ def _assert_same_run(resumed, killed_dir, straight, straight_dir):
 
 
 def test_resume_during_the_first_epoch_is_bit_identical(tmp_path, source_path, straight_run):
-    # Killed after the call that ends at step 5 (checkpointed): resumes inside epoch 1.
-    state, resumed = _killed_and_resumed(tmp_path / "killed", source_path, kill_at_step=5)
+    # Killed after the call that ends at step 8 (checkpointed): resumes inside epoch 1.
+    state, resumed = _killed_and_resumed(tmp_path / "killed", source_path, kill_at_step=8)
     assert state["epochs_completed"] == 0
-    assert resumed["status"] == "finished" and resumed["resumed_at_steps"] == [5]
+    assert resumed["status"] == "finished" and resumed["resumed_at_steps"] == [8]
     straight, straight_dir, _ = straight_run
     _assert_same_run(resumed, tmp_path / "killed", straight, straight_dir)
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, source_path, straight_run):
     killed_dir = tmp_path / "killed"
-    state, resumed = _killed_and_resumed(killed_dir, source_path, kill_at_step=15)  # epoch 2 of 2
+    state, resumed = _killed_and_resumed(killed_dir, source_path, kill_at_step=24)  # epoch 2 of 2
     assert state["epochs_completed"] == 1
     assert resumed["status"] == "finished"
-    assert resumed["resumed_at_steps"] == [15]
+    assert resumed["resumed_at_steps"] == [24]
     assert not (killed_dir / "checkpoint").exists()
 
     straight, straight_dir, initial_dw = straight_run
