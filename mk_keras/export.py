@@ -36,6 +36,7 @@ import keras
 import numpy as np
 
 from mk_keras.filters import filter_layers, iter_layers
+from mk_keras.sources import load_source
 from mk_keras.transfer import array_sha256
 
 METADATA_FILE = "mk_keras_metadata.json"
@@ -62,12 +63,8 @@ def _read_json(path):
 
 
 def _load_keras(path):
-    """`keras.saving.load_model(path)`, with any failure turned into a one-line ValueError."""
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as e:  # a corrupt archive raises zipfile, h5py, JSON or Keras errors alike
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot load {path!r} as a Keras model ({type(e).__name__}: {reason})") from e
+    """The model of a `.keras` file, through the package's one model loader (one-line errors)."""
+    return load_source(path, kinds=("keras_file",)).model
 
 
 def frozen_kernels(model, frozen_variables=()):
