@@ -1,9 +1,10 @@
 # make quickstart : set up everything (venv, offline data) and run the quickstart sweep (main job)
 # make test       : set up everything and run the tests (TensorFlow backend, then JAX for backend-agnostic parts)
+# make test-long  : the longest end-to-end checks, left out of make test
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup quickstart test test-tf test-jax bench
+.PHONY: setup quickstart test test-tf test-jax test-long bench
 
 setup: $(VENV)/.installed
 
@@ -16,10 +17,15 @@ quickstart: setup
 test: setup test-tf test-jax
 
 test-tf: setup
-	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q -m "not long"
 
 test-jax: setup
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m backend_agnostic
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m "backend_agnostic and not long"
+
+# the longest end-to-end checks (pairing over every treatment, resume in both epochs), both backends
+test-long: setup
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q -m long
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m "backend_agnostic and long"
 
 bench: setup
 	$(BIN)/python benchmarks/input_pipeline.py

@@ -12,6 +12,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.long  # make test-long
 def test_jax_data_parallel_run(tmp_path):
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}

@@ -33,6 +33,7 @@ def _wait_for(predicate, proc, timeout_s=400):
     return False
 
 
+@pytest.mark.long  # make test-long
 def test_killed_sweep_resumes_to_complete_results(tmp_path):
     out = str(tmp_path / "sweep")
     first_result = os.path.join(out, "results", RUNS[0] + ".json")

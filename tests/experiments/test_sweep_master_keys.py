@@ -60,6 +60,7 @@ def test_master_key_rows_reach_tables_figures_and_report(tmp_path):
     assert os.path.getsize(tmp_path / "figures" / "relative_accuracy.png") > 0
 
 
+@pytest.mark.long  # make test-long
 @pytest.mark.slow
 def test_tiny_real_sweep_trains_master_key_runs(tmp_path):
     config = SweepConfig(name="mk", dataset_a="digits", classes_a="random_half:A:0", classes_b="random_half:B:0",

@@ -38,6 +38,7 @@ def _run(seed=5, **kwargs):
     return metrics, seen
 
 
+@pytest.mark.long  # make test-long
 def test_every_treatment_starts_from_the_same_weights(source_path):
     arms = {
         "baseB": {},

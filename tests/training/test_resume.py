@@ -97,6 +97,7 @@ def _assert_same_run(resumed, killed_dir, straight, straight_dir):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(wa), keras.ops.convert_to_numpy(wb), wa.path)
 
 
+@pytest.mark.long  # make test-long
 def test_resume_during_the_first_epoch_is_bit_identical(tmp_path, source_path, straight_run):
     # Killed after the call that ends at step 8 (checkpointed): resumes inside epoch 1.
     state, resumed = _killed_and_resumed(tmp_path / "killed", source_path, kill_at_step=8)
