@@ -24,7 +24,6 @@ directory's `model.keras`), loaded under TensorFlow; `mk-export` switches to Ten
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -36,7 +35,7 @@ import keras
 import numpy as np
 
 from mk_keras.filters import filter_layers, iter_layers
-from mk_keras.sources import load_source
+from mk_keras.sources import file_sha256, load_source
 from mk_keras.transfer import array_sha256
 
 METADATA_FILE = "mk_keras_metadata.json"
@@ -47,14 +46,6 @@ SIGNATURES = {"serving_default": "uint8", "serve_float32": "float32"}
 FORMAT = "mk_keras.export/1"
 # The frozen kernels, in metadata order, as a variable collection of the SavedModel.
 _COLLECTION = "mk_frozen_kernels"
-
-
-def _file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_json(path):
@@ -265,7 +256,7 @@ def export_saved_model(model_or_run_dir, path=None, overwrite=False, class_names
             shutil.copyfile(keras_path, os.path.join(tmp, KERAS_FILE))
         else:
             model.save(os.path.join(tmp, KERAS_FILE))
-        metadata["keras_file_sha256"] = _file_sha256(os.path.join(tmp, KERAS_FILE))
+        metadata["keras_file_sha256"] = file_sha256(os.path.join(tmp, KERAS_FILE))
         with open(os.path.join(tmp, METADATA_FILE), "w") as f:
             json.dump(metadata, f, indent=1, default=str)
         if os.path.exists(path):
@@ -377,7 +368,7 @@ def verify_saved_model(path, model=None, batch_size=8, atol=1e-5, seed=0, timeou
     if model is None:
         if not os.path.isfile(keras_path):
             raise FileNotFoundError(f"export {path!r} has no {KERAS_FILE}; pass the Keras model to compare with")
-        if _file_sha256(keras_path) != metadata.get("keras_file_sha256"):
+        if file_sha256(keras_path) != metadata.get("keras_file_sha256"):
             problems.append(f"{KERAS_FILE} differs from the exported archive (sha256 mismatch)")
         model = _load_keras(keras_path)
 

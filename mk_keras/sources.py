@@ -167,20 +167,25 @@ def _run_info(metrics):
             "status": metrics.get("status")}
 
 
-def _keras_file(path, label, kind, spec=None, metrics=None):
-    if metrics is None and os.path.basename(path) == RUN_MODEL_FILE:
-        metrics = _read_metrics(os.path.join(os.path.dirname(path), RUN_METRICS_FILE))
+def file_sha256(path):
+    """sha256 of a file's bytes (read in 1 MiB blocks)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def _keras_file(path, label, kind, spec=None, metrics=None):
+    if metrics is None and os.path.basename(path) == RUN_MODEL_FILE:
+        metrics = _read_metrics(os.path.join(os.path.dirname(path), RUN_METRICS_FILE))
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # a corrupt archive raises zipfile, h5py (OSError), JSON or Keras errors alike
         raise ValueError(f"cannot load model file {path!r} ({type(e).__name__}: {_one_line(e)})") from e
     if not isinstance(model, keras.Model):
         raise ValueError(f"model file {path!r} holds a {type(model).__name__}, not a keras.Model")
-    return ModelSource(model=model, label=label, kind=kind, spec=spec or path, path=path, sha256=digest.hexdigest(),
+    return ModelSource(model=model, label=label, kind=kind, spec=spec or path, path=path, sha256=file_sha256(path),
                        info=_run_info(metrics) if metrics is not None else {})
 
 

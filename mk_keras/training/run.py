@@ -35,7 +35,8 @@ from mk_keras.models import create_model
 from mk_keras.training import checkpoint, recipe, rundir
 from mk_keras.training.callbacks import EpochScalars, KeepRawWeights, RunMonitor
 from mk_keras.training.distribute import make_distribution
-from mk_keras.training.spec import EVAL_SUBSET_SEED, MASTER_KEYS, RunSpec, file_sha256
+from mk_keras.sources import file_sha256
+from mk_keras.training.spec import EVAL_SUBSET_SEED, MASTER_KEYS, RunSpec
 from mk_keras.transfer import freeze_filters, transfer_filters
 
 log = logging.getLogger(__name__)
@@ -143,23 +144,17 @@ def _load(value, model):
     return loaded.model, loaded.to_dict()
 
 
-def _weights_sha256(model):
+def _weights_sha256(weights):
+    """sha256 of the bytes of `weights`, in order."""
     digest = hashlib.sha256()
-    for w in model.weights:
+    for w in weights:
         digest.update(np.ascontiguousarray(checkpoint.to_numpy(w)).tobytes())
     return digest.hexdigest()
 
 
 def initial_weight_hashes(model):
     """{layer name: sha256 of the bytes of all its weights, in order} for every layer with weights."""
-    out = {}
-    for layer in iter_layers(model):
-        if layer.weights:
-            digest = hashlib.sha256()
-            for w in layer.weights:
-                digest.update(np.ascontiguousarray(checkpoint.to_numpy(w)).tobytes())
-            out[layer.name] = digest.hexdigest()
-    return out
+    return {layer.name: _weights_sha256(layer.weights) for layer in iter_layers(model) if layer.weights}
 
 
 def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=False, verbose=None,
@@ -217,7 +212,7 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
     for key, model in (("source", source_model), ("master_key_reference", reference_model)):
         value = getattr(spec, key)
         if model is not None:  # in memory: the hash of its weights
-            hashes[f"{key}_sha256"] = _weights_sha256(model)
+            hashes[f"{key}_sha256"] = _weights_sha256(model.weights)
         elif value is not None and not (key == "source" and spec.uses_master_keys):
             hashes[f"{key}_sha256"] = file_sha256(_source_file(value, key))
     spec = spec.replace(**hashes, backend=keras.backend.backend(), versions=_versions())

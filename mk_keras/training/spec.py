@@ -154,15 +154,6 @@ class RunSpec:
         return self.source == MASTER_KEYS
 
 
-def file_sha256(path):
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def json_default(value):
     """`json.dump(default=...)` for NumPy scalars and arrays (anything else: its str)."""
     if isinstance(value, (np.integer, np.floating)):
