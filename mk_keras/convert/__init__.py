@@ -1,0 +1,1 @@
+"""Pretrained weights from other frameworks into mk_keras models (PyTorch state dicts, keras.applications)."""
