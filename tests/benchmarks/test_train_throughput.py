@@ -75,6 +75,7 @@ def test_freezing_matches_between_frameworks():
         assert sum(p.numel() for p in torch_model.parameters() if p.requires_grad) == keras_trainable
 
 
+@pytest.mark.long  # 29 s: end-to-end run of the benchmark script
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the cpu mode runs Keras on TensorFlow")
 def test_cpu_mode_runs_and_writes_json(tmp_path):
     flagfile = tmp_path / "tiny_sweep.flags"
@@ -105,6 +106,7 @@ def test_cpu_mode_runs_and_writes_json(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 45 s: end-to-end run of the benchmark script in a subprocess
 def test_gpu_mode_runs_on_cpu_without_tensorflow(tmp_path):
     """The GPU mode must not need TensorFlow: run it as if TensorFlow were not installed."""
     out = tmp_path / "gpu.json"
