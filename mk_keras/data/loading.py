@@ -50,11 +50,29 @@ class DatasetInfo:
 
 
 @dataclasses.dataclass
+class Encoded:
+    """The examples of `of` (a `LoadedDataset.dataset`), in its order, before decoding: image files (`paths`, with
+    `labels`) or a `dataset` of (encoded image bytes, int64 label). Valid only for that dataset object: a
+    `LoadedDataset` whose `dataset` was replaced (subset, truncated) no longer matches it."""
+
+    of: tf.data.Dataset
+    paths: Optional[np.ndarray] = None
+    labels: Optional[np.ndarray] = None
+    dataset: Optional[tf.data.Dataset] = None
+
+
+@dataclasses.dataclass
 class LoadedDataset:
-    """`dataset` yields (image uint8 [H,W,C], label int64 in 0..num_classes-1), unbatched."""
+    """`dataset` yields (image uint8 [H,W,C], label int64 in 0..num_classes-1), unbatched; `encoded`: the same
+    examples undecoded (image folders and TFDS), for streaming pipelines; see `encoded_form()`."""
 
     dataset: tf.data.Dataset
     info: DatasetInfo
+    encoded: Optional[Encoded] = None
+
+    def encoded_form(self):
+        """`encoded` if it still describes `dataset`, else None."""
+        return self.encoded if self.encoded is not None and self.encoded.of is self.dataset else None
 
     def __repr__(self):
         return f"LoadedDataset({self.info})"
@@ -118,10 +136,12 @@ def _in_memory(src, indices, mapping, max_per_class, seed):
     keep = np.sort(np.concatenate(keep))
     remap = np.full(len(src.class_names), -1, np.int64)
     remap[list(mapping)] = list(mapping.values())
-    ds = tf.data.Dataset.from_tensor_slices((src.items[keep], remap[src.labels[keep]]))
-    if src.decode is not None:
-        ds = ds.map(lambda p, y: (src.decode(p), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds, len(keep)
+    items, labels = src.items[keep], remap[src.labels[keep]]
+    ds = tf.data.Dataset.from_tensor_slices((items, labels))
+    if src.decode is None:
+        return ds, None, len(keep)
+    ds = ds.map(lambda p, y: (src.decode(p), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds, Encoded(of=ds, paths=items, labels=labels), len(keep)
 
 
 def _cap_per_class(ds, num_classes, max_per_class):
@@ -136,17 +156,17 @@ def _cap_per_class(ds, num_classes, max_per_class):
     return ds.filter(lambda x, y, n: n <= max_per_class).map(lambda x, y, n: (x, y))
 
 
-def _streamed(src, mapping, max_per_class, counts):
+def _streamed(dataset, mapping, max_per_class, counts, num_examples):
     """Filter and re-index a streamed source; `counts` (per original class) is None only for 'everything'."""
     if counts is None:
-        return src.dataset, src.num_examples
+        return dataset, num_examples
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(
             tf.constant(list(mapping), tf.int64), tf.constant(list(mapping.values()), tf.int64)
         ),
         default_value=-1,
     )
-    ds = src.dataset.map(lambda x, y: (x, table.lookup(tf.cast(y, tf.int64))), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = dataset.map(lambda x, y: (x, table.lookup(tf.cast(y, tf.int64))), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.filter(lambda x, y: y >= 0)
     if max_per_class is None:
         return ds, int(sum(counts[i] for i in mapping))
@@ -201,13 +221,17 @@ def load(
         indices, dropped = _without_empty(src, indices, counts, drop_empty_classes, where)
         mapping = {orig: new for new, orig in enumerate(indices)}
         _check_cap(max_per_class, counts, indices, src.class_names, where)
-        ds, num_examples = _in_memory(src, indices, mapping, max_per_class, seed)
+        ds, encoded, num_examples = _in_memory(src, indices, mapping, max_per_class, seed)
     else:
         counts = None
         if max_per_class is not None or len(indices) < len(src.class_names) or src.num_examples is None:
             counts = src.count_labels()
             _check_cap(max_per_class, counts, indices, src.class_names, where)
-        ds, num_examples = _streamed(src, mapping, max_per_class, counts)
+        ds, num_examples = _streamed(src.dataset, mapping, max_per_class, counts, src.num_examples)
+        encoded = None
+        if src.encoded is not None:
+            encoded = Encoded(of=ds, dataset=_streamed(src.encoded, mapping, max_per_class, counts,
+                                                       src.num_examples)[0])
     info = DatasetInfo(
         spec=spec,
         split=split,
@@ -222,4 +246,4 @@ def load(
         skipped_files=src.skipped_files,
         dropped_classes=dropped,
     )
-    return LoadedDataset(dataset=ds, info=info)
+    return LoadedDataset(dataset=ds, info=info, encoded=encoded)

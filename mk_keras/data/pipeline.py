@@ -17,6 +17,7 @@ AUGMENTS = (None, "basic", "randaugment")
 _OPTIONS = tf.data.Options()
 _OPTIONS.autotune.enabled = False
 RESIZE_MODES = ("resize", "pad", "crop")
+TRANSFORMS = (None, "imagenet")
 
 
 def _to_uint8(x):
@@ -152,7 +153,7 @@ def make_pipeline(
     mixup=0.0,
     cutmix=0.0,
     shuffle_seed=0,
-    cache=True,
+    cache=None,
     deterministic=False,
     drop_remainder=False,
     one_hot=True,
@@ -160,6 +161,11 @@ def make_pipeline(
     shuffle_buffer=None,
     repeat=False,
     skip_batches=0,
+    transforms=None,
+    erase_prob=0.0,
+    crop_pct=0.875,
+    interpolation="bicubic",
+    memory_budget=None,
 ):
     """Batched (images float32 [B,H,W,C] in [0, 255], labels) dataset for `model.fit` / `evaluate`.
 
@@ -172,7 +178,9 @@ def make_pipeline(
         "basic" draws shift and flip per image, RandAugment picks its ops per batch.
       mixup, cutmix: MixUp alpha / CutMix factor, 0 disables; both > 0: one of them per batch.
       shuffle_seed: seeds the shuffle, augmentation and mixing.
-      cache: True caches the resized uint8 images in memory, a string caches to that file, False none.
+      cache: True (default) caches the resized uint8 images in memory, a string caches to that file, False none.
+        With transforms="imagenet": None (default) caches when the estimate fits `memory_budget`, True / False
+        force it (`mk_keras.data.streaming.plan_cache`).
       deterministic: same batches in the same order on every run: augmentation runs sequentially and (TensorFlow
         backend) its random state is set from (shuffle_seed, batch number), so batch g is the same whichever
         iterator produces it.
@@ -186,8 +194,22 @@ def make_pipeline(
         order. So batch g of the stream does not depend on how the stream was iterated before. `skip_batches`
         starts the stream at batch g: whole passes are skipped without reading them, and the batches before g in
         its pass are batched but not augmented.
+      transforms: None: the in-memory path above (resize everything to `image_size`, cache, batch-level
+        augmentation). "imagenet": the large-dataset path (`mk_keras.data.streaming`): images streamed as files
+        or encoded bytes and transformed one by one in parallel maps. Training: augment="basic" is a
+        random-resized crop (fused with the JPEG decode) + horizontal flip, "randaugment" adds RandAugment as
+        timm's rand-m9-mstd0.5-inc1, None takes the evaluation crop; `erase_prob` > 0 adds random erasing
+        (ConvNeXt: 0.25). Evaluation: resize the shorter side to size / `crop_pct`, centre crop.
+        `interpolation` ("bicubic" as ConvNeXt, or "bilinear") for both; `memory_budget` (bytes) decides
+        `cache=None`. Per-image seeds come from (shuffle_seed, image number in the stream), so batches depend
+        only on the seed, and with `deterministic=True` their order too; `skip_batches` skips file indices or
+        encoded records, never decoded images.
     """
     _validate(loaded, batch_size, image_size, channels, training, augment, mixup, cutmix, one_hot, resize_mode)
+    if transforms not in TRANSFORMS:
+        raise ValueError(f"transforms={transforms!r} must be one of {list(TRANSFORMS)}.")
+    if transforms is None and (erase_prob or memory_budget is not None):
+        raise ValueError(f"erase_prob={erase_prob!r} / memory_budget={memory_budget!r} need transforms='imagenet'.")
     if (repeat or skip_batches) and not training:
         raise ValueError(f"repeat={repeat!r} / skip_batches={skip_batches!r} make a training stream; they need "
                          "training=True.")
@@ -202,13 +224,24 @@ def make_pipeline(
 
     # Order-sensitive steps take `deterministic` per op, so upstream sources keep their own (ordered) reads.
     par = {"num_parallel_calls": tf.data.AUTOTUNE, "deterministic": deterministic}
+    if transforms == "imagenet":
+        from mk_keras.data import streaming
+
+        streaming.validate(training, augment, erase_prob, crop_pct, interpolation, cache, memory_budget,
+                           resize_mode)
+        ds, first_batch = streaming.per_image(
+            loaded, batch_size, size, channels, training, augment, erase_prob, shuffle_seed, cache, memory_budget,
+            crop_pct, interpolation, repeat, skip_batches, shuffle_buffer, deterministic)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder or repeat, **par)
+        return _finish_batches(ds, first_batch, None, k, one_hot, mixup, cutmix, shuffle_seed, training,
+                               deterministic, par, tf.data.Options())
     if None not in loaded.info.image_shape:  # equal-size images: resize in chunks (vectorised)
         ds = ds.batch(1024).map(prepare, **par).unbatch()
     else:
         ds = ds.map(prepare, **par)
         ds = ds.map(lambda x, y: (tf.ensure_shape(x, size + (channels,)), y))
     ds = ds.apply(tf.data.experimental.assert_cardinality(loaded.info.num_examples))
-    if cache:
+    if cache is None or cache:
         ds = ds.cache(cache if isinstance(cache, str) else "")
     buffer = shuffle_buffer or max(1, min(loaded.info.num_examples, 50_000))
     first_batch = 0
@@ -220,6 +253,13 @@ def make_pipeline(
         ds = ds.batch(batch_size, drop_remainder=drop_remainder, **par)
 
     augmenter = _augmenter(augment, shuffle_seed) if training else None
+    return _finish_batches(ds, first_batch, augmenter, k, one_hot, mixup, cutmix, shuffle_seed, training,
+                           deterministic, par, _OPTIONS)
+
+
+def _finish_batches(ds, first_batch, augmenter, k, one_hot, mixup, cutmix, shuffle_seed, training, deterministic,
+                    par, options):
+    """Batch-level augmentation, one-hot labels, MixUp/CutMix, float32 in [0, 255], prefetch."""
     mixer, mix_layers = _mixer(mixup, cutmix, shuffle_seed) if training else (None, [])
     # Under another Keras backend the layers draw, inside tf.data, from TensorFlow generators Keras creates on
     # first use: their state cannot be set from here, so augmented batches there depend on the iterator.
@@ -239,4 +279,4 @@ def make_pipeline(
 
     # Keras random layers keep seed state: deterministic mode sets it per batch, sequentially.
     ds = ds.enumerate(first_batch).map(lambda step, xy: finish(step, *xy), **({} if deterministic else par))
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(_OPTIONS)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)

@@ -43,7 +43,8 @@ class Source:
 
     In-memory: `items` (images uint8 [N,H,W,C], or file paths decoded by `decode`) and `labels` int64 [N];
     `empty_reasons`: {class index: why it has no example in this split} (folders).
-    Streamed: `dataset` of (uint8 image, int64 label), `num_examples`, and `count_labels()` -> per-class counts.
+    Streamed: `dataset` of (uint8 image, int64 label), `encoded` (the same examples as (encoded image bytes, int64
+    label), undecoded), `num_examples`, and `count_labels()` -> per-class counts.
     """
 
     class_names: list
@@ -55,6 +56,7 @@ class Source:
     skipped_files: tuple = ()
     empty_reasons: dict = dataclasses.field(default_factory=dict)
     dataset: Optional[tf.data.Dataset] = None
+    encoded: Optional[tf.data.Dataset] = None
     num_examples: Optional[int] = None
     count_labels: Optional[Callable[[], np.ndarray]] = None
 
@@ -389,6 +391,8 @@ def tfds_source(name, split, data_dir=None, manual_dir=None, download=True):
         image_shape=tuple(info.features[image_key].shape),
         provenance=f"TFDS {builder.info.full_name} split {tfds_split!r} in {builder.data_dir}",
         dataset=builder.as_dataset(split=tfds_split, as_supervised=True, shuffle_files=False),
+        encoded=builder.as_dataset(split=tfds_split, as_supervised=True, shuffle_files=False,
+                                   decoders={image_key: tfds.decode.SkipDecoding()}),
         num_examples=num_examples,
         count_labels=lambda: _label_counts(builder, tfds_split, image_key, label_key, len(class_names)),
     )
