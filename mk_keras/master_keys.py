@@ -1,75 +1,91 @@
-"""The 8 analytic master-key filters, the a*x̂+b fit, and frozen master-key depthwise layers.
+"""The 8 published master-key filters, the a*x̂+b fit, and frozen master-key depthwise layers.
 
 A top-level module (not part of `mk_keras.analysis`) so that training can use it without the analysis
 dependencies (scikit-learn, matplotlib); `mk_keras.analysis` re-exports it.
 
-Keys (grid coordinates x = column, y = row, both -r..r with r = (k-1)/2, x to the right, y down;
-G_s(x, y) = exp(-(x² + y²) / (2 s²))), with the lengths of `MASTER_KEY_PARAMS` given for k = 7 and scaled by k/7:
-
-  0 gaussian          G_sg                             sg = 2.0
-  1 dx, 2 dy          -x/sd² G_sd,  -y/sd² G_sd        sd = 1.0 (centred first derivatives)
-  3 +x, 4 -x          G_so(x ∓ d, y) - G_so(x, y)      so = 1.5, d = 2.0 (one-sided Gaussian differences)
-  5 +y, 6 -y          G_so(x, y ∓ d) - G_so(x, y)
-  7 centre_surround   G_sc - γ ∇²G_sc                  sc = 0.8, γ = sc² (positive centre, negative surround)
-
-Each key is returned as x̂: centred (zero mean) and unit L2 norm, the form the fit y ≈ a*x̂ + b uses. The
-parameters were chosen to make the 8 keys distinct after centring (largest |cosine| between two keys 0.54 at
-7x7; `python -c "import mk_keras as a, numpy as np; k = a.master_keys().reshape(8, -1);
-print(np.abs(k @ k.T - np.eye(8)).max())"`).
+The keys F1..F8 of arXiv 2509.11711, on a k x k grid (k odd; published for k = 7), y = rows (the first kernel
+axis, growing downwards), x = columns, both indexed -r..r with r = (k-1)/2. Base kernel: the separable discrete
+Gaussian T = T1D(y; sy) (outer) T1D(x; sx), T1D(n; s) = e^(-s²) I_n(s²) (I_n the modified Bessel function of
+integer order) normalised to sum 1 over the k taps. Differences along one axis of T:
+  d+ forward  out[i] = T[i+1] - T[i], 0 at the last index;  d- backward  out[i] = T[i] - T[i-1], 0 at the first;
+  d  central  (T[i+1] - T[i-1]) / 2 inside, forward at the first index and backward at the last.
+  F1 = dy+ T, F2 = dx- T, F3 = dy- T, F4 = dx+ T, F5 = dx T, F6 = dy T,
+  F7 = T - 0.5 * L5(T) (L5 the five-point Laplacian on the interior, 0 on the border), F8 = T.
+Each key is scaled to unit Frobenius norm (not centred: the fit centres them). (sx, sy) per key and fitting
+method in `MASTER_KEY_PARAMS` ("B", the default, and "A"). Other odd k use the same formulas on the k x k grid.
 """
 
 import dataclasses
 
 import keras
 import numpy as np
+from scipy.special import ive
 
 from mk_keras.filters import canonical_kernel, filter_layers, iter_layers, select_indices
 from mk_keras.models.layers import MasterKeyDepthwiseConv2D
 
-MASTER_KEY_NAMES = ("gaussian", "dx", "dy", "one_sided_+x", "one_sided_-x", "one_sided_+y", "one_sided_-y",
-                    "centre_surround")
-SHIFTS = ("kernel", "bias")
+MASTER_KEY_NAMES = ("F1_dy+T", "F2_dx-T", "F3_dy-T", "F4_dx+T", "F5_dxT", "F6_dyT", "F7_T-0.5lapT", "F8_T")
+# (sigma_x, sigma_y) of F1..F8 for the two published fitting methods.
 MASTER_KEY_PARAMS = {
-    "gaussian_sigma": 2.0,
-    "derivative_sigma": 1.0,
-    "one_sided_sigma": 1.5,
-    "one_sided_offset": 2.0,
-    "centre_surround_sigma": 0.8,
-    "centre_surround_gamma": 0.64,
+    "B": ((0.644, 0.583), (0.586, 0.644), (0.690, 0.674), (0.756, 0.460), (1.107, 0.945), (0.900, 0.889),
+          (0.675, 0.675), (0.609, 0.601)),
+    "A": ((0.580, 0.558), (0.559, 0.580), (0.617, 0.601), (0.642, 0.424), (1.075, 0.800), (0.771, 1.003),
+          (0.675, 0.675), (0.552, 0.545)),
 }
+SHIFTS = ("kernel", "bias")
 # A centred filter with a norm below this is treated as constant (it has no shape to compare).
 MIN_NORM = 1e-8
 
 
-def master_keys(kernel_size=7):
-    """The 8 master keys as a float32 array (8, k, k), each centred and unit-norm, in `MASTER_KEY_NAMES` order."""
+def _gaussian_1d(k, sigma):
+    """T1D(n; sigma) = e^(-sigma²) I_n(sigma²) for n = -r..r, normalised to sum 1."""
+    r = (k - 1) // 2
+    t = ive(np.arange(-r, r + 1), sigma**2)
+    return t / t.sum()
+
+
+def _difference(t, axis, how):
+    """Forward ("+"), backward ("-") or central ("c") difference of `t` along `axis` (see the module docstring)."""
+    t = np.moveaxis(t, axis, 0)
+    out = np.zeros_like(t)
+    if how == "+":
+        out[:-1] = t[1:] - t[:-1]
+    elif how == "-":
+        out[1:] = t[1:] - t[:-1]
+    else:
+        out[1:-1] = (t[2:] - t[:-2]) / 2
+        out[0], out[-1] = t[1] - t[0], t[-1] - t[-2]
+    return np.moveaxis(out, 0, axis)
+
+
+def _laplacian5(t):
+    out = np.zeros_like(t)
+    out[1:-1, 1:-1] = t[2:, 1:-1] + t[:-2, 1:-1] + t[1:-1, 2:] + t[1:-1, :-2] - 4 * t[1:-1, 1:-1]
+    return out
+
+
+def master_keys(kernel_size=7, method="B"):
+    """The 8 master keys F1..F8 as a float32 array (8, k, k), each of unit Frobenius norm (not centred).
+
+    `method`: "B" (default) or "A", the published (sigma_x, sigma_y) sets of `MASTER_KEY_PARAMS`. Axis 0 of
+    each key is y (rows), axis 1 is x (columns).
+    """
     if isinstance(kernel_size, bool) or not isinstance(kernel_size, (int, np.integer)) or kernel_size < 3 or (
         kernel_size % 2 == 0
     ):
         raise ValueError(f"kernel_size={kernel_size!r} must be an odd integer >= 3")
-    scale = kernel_size / 7
-    p = {name: value * scale for name, value in MASTER_KEY_PARAMS.items()}
-    p["centre_surround_gamma"] = MASTER_KEY_PARAMS["centre_surround_gamma"] * scale**2
-    r = (kernel_size - 1) / 2
-    y, x = np.mgrid[-r : r + 1, -r : r + 1]
-
-    def gauss(s, dx=0.0, dy=0.0):
-        return np.exp(-((x - dx) ** 2 + (y - dy) ** 2) / (2 * s**2))
-
-    sd, so, d, sc = p["derivative_sigma"], p["one_sided_sigma"], p["one_sided_offset"], p["centre_surround_sigma"]
-    laplacian = ((x**2 + y**2) / sc**4 - 2 / sc**2) * gauss(sc)
-    keys = [
-        gauss(p["gaussian_sigma"]),
-        -x / sd**2 * gauss(sd),
-        -y / sd**2 * gauss(sd),
-        gauss(so, d, 0) - gauss(so),
-        gauss(so, -d, 0) - gauss(so),
-        gauss(so, 0, d) - gauss(so),
-        gauss(so, 0, -d) - gauss(so),
-        gauss(sc) - p["centre_surround_gamma"] * laplacian,
-    ]
-    unit, _ = normalize_filters(np.stack(keys))
-    return unit.reshape(8, kernel_size, kernel_size).astype(np.float32)
+    if method not in MASTER_KEY_PARAMS:
+        raise ValueError(f"method={method!r}; allowed: {', '.join(MASTER_KEY_PARAMS)}")
+    keys = []
+    for i, (sx, sy) in enumerate(MASTER_KEY_PARAMS[method]):
+        t = np.outer(_gaussian_1d(kernel_size, sy), _gaussian_1d(kernel_size, sx))
+        key = [
+            lambda: _difference(t, 0, "+"), lambda: _difference(t, 1, "-"), lambda: _difference(t, 0, "-"),
+            lambda: _difference(t, 1, "+"), lambda: _difference(t, 1, "c"), lambda: _difference(t, 0, "c"),
+            lambda: t - 0.5 * _laplacian5(t), lambda: t,
+        ][i]()
+        keys.append(key / np.linalg.norm(key))
+    return np.stack(keys).astype(np.float32)
 
 
 def normalize_filters(filters):
@@ -104,7 +120,8 @@ class MasterKeyFit:
 def fit_master_keys(filters, keys=None):
     """Fit every filter y (N, k, k) as a*x̂+b: a=<x̂, y>, b=mean(y), x̂ the key maximising |a|.
 
-    `keys` defaults to `master_keys(k)`. A constant filter gets index 0, a = 0, cosine 0.
+    `keys` defaults to `master_keys(k)` (method B); the fit centres them. A constant filter gets index 0, a = 0,
+    cosine 0.
     """
     filters = np.asarray(filters, dtype=np.float64)
     if filters.ndim != 3 or filters.shape[1] != filters.shape[2]:
@@ -148,6 +165,7 @@ class MasterKeyReport:
     shift: str
     reference: str | None
     entries: list
+    method: str = "B"
 
     @property
     def frozen_layers(self):
@@ -158,7 +176,8 @@ class MasterKeyReport:
         return {**dataclasses.asdict(self), "key_names": list(MASTER_KEY_NAMES)}
 
     def __str__(self):
-        head = f"master keys n={self.n} order={self.order} shift={self.shift} reference={self.reference or '-'}"
+        head = (f"master keys (method {self.method}) n={self.n} order={self.order} shift={self.shift} "
+                f"reference={self.reference or '-'}")
         rows = [
             f"  [{e.index:3d}] {e.layer:<32} keys {e.key_counts}"
             + (f" fit |cos| {e.mean_cosine:.3f} from {e.reference_layer}" if e.reference_layer else "")
@@ -167,18 +186,22 @@ class MasterKeyReport:
         return "\n".join([head, *rows])
 
 
-def assign_master_keys(model, n, reference=None, order="first", shift="kernel"):
+def assign_master_keys(model, n, reference=None, order="first", shift="kernel", method="B"):
     """Give the first (or last) `n` depthwise layers of `model` frozen master keys with a learnable shift.
 
-    Channel c of each selected layer gets the kernel s*x̂ (s = ±1, x̂ a master key), frozen:
+    Channel c of each selected layer gets the kernel s*F (s = ±1, F a key of `master_keys(k, method)`: the
+    published key at unit norm), frozen:
       - with a `reference` model (e.g. trained), fitted to the reference's filter y of the same depthwise
-        layer index (same kernel shape required): x̂ = the key maximising |a|, a = <x̂, y>, s = sign(a);
+        layer index (same kernel shape required): F = the key whose centred form x̂ maximises |a|, a = <x̂, y>,
+        s = sign(a);
       - without, round-robin over channels (channel c gets key c mod 8), s = +1.
-    The scale |a| is dropped: the conv is linear, so it folds into later layers. The learnable shift:
+    The learnable shift:
       - shift="kernel": returns a copy of `model` in which each selected `DepthwiseConv2D` is a
-        `MasterKeyDepthwiseConv2D` applying kernel + shift[c] (b added to every tap, the fit's form);
-        shift = mean(y)/|a| with a reference (the layer applies y/|a|), else 0. Everything else, trainable
-        flags included, is copied. Compile the returned model.
+        `MasterKeyDepthwiseConv2D` applying kernel + shift[c] (a value added to every tap, the b of a*x̂+b).
+        Without a reference it starts at 0 (the layer applies the published key); with one at
+        b*|F_c|/|a| - s*mean(F) (|F_c| the norm of the centred key), so the layer applies (a*x̂ + b)*|F_c|/|a|:
+        the fit, i.e. y for an exact fit, up to a positive scale (the conv is linear; the scale folds into later
+        layers). Everything else, trainable flags included, is copied. Compile the returned model.
       - shift="bias": in place (returns `model` itself): the kernel variable is set to the keys and made
         non-trainable (`kernel.trainable = False`; not kept by `.keras` save/load), the layer's bias stays
         trainable as a per-channel output shift (a layer without bias gets none). Any depthwise layer type.
@@ -186,6 +209,8 @@ def assign_master_keys(model, n, reference=None, order="first", shift="kernel"):
     """
     if shift not in SHIFTS:
         raise ValueError(f"shift={shift!r}; allowed: {', '.join(SHIFTS)}")
+    if method not in MASTER_KEY_PARAMS:
+        raise ValueError(f"method={method!r}; allowed: {', '.join(MASTER_KEY_PARAMS)}")
     layers = filter_layers(model, "depthwise")
     if not layers:
         raise ValueError(f"model {model.name!r} has no depthwise layers for master keys")
@@ -209,7 +234,10 @@ def assign_master_keys(model, n, reference=None, order="first", shift="kernel"):
         kh, kw, channels, mult = target
         if kh != kw:
             raise ValueError(f"layer {entry.name!r} has a non-square kernel {kh}x{kw}; master keys need k x k")
-        keys = master_keys(kh)
+        keys = master_keys(kh, method).astype(np.float64)
+        flat = keys.reshape(len(keys), -1)
+        key_means = flat.mean(axis=1)
+        centred_norms = np.linalg.norm(flat - key_means[:, None], axis=1)
         if ref_layers is None:
             key_index = np.arange(channels * mult) % len(keys)
             signs, shifts, ref_name, mean_cos = np.ones(channels * mult), np.zeros(channels * mult), None, None
@@ -220,14 +248,15 @@ def assign_master_keys(model, n, reference=None, order="first", shift="kernel"):
                 raise ValueError(
                     f"reference layer {ref.name!r} {value.shape} does not match target layer {entry.name!r} {target}"
                 )
-            fit = fit_master_keys(value.reshape(kh, kw, -1).transpose(2, 0, 1))
+            fit = fit_master_keys(value.reshape(kh, kw, -1).transpose(2, 0, 1), keys)
             key_index, signs = fit.index, np.where(fit.a < 0, -1.0, 1.0)
-            shifts = np.divide(fit.b, np.abs(fit.a), out=np.zeros_like(fit.b), where=fit.a != 0)
+            scale = np.divide(centred_norms[key_index], np.abs(fit.a), out=np.zeros_like(fit.a), where=fit.a != 0)
+            shifts = np.where(fit.a != 0, fit.b * scale - signs * key_means[key_index], 0.0)
             ref_name, mean_cos = ref.name, float(fit.cosine.mean())
         kernel = (signs[:, None, None] * keys[key_index]).transpose(1, 2, 0).reshape(entry.kernel_shape)
         plans[id(entry.layer)] = (kernel, shifts)
         entries.append(MasterKeyEntry(entry.index, entry.name, ref_name, key_index.tolist(), mean_cos))
-    report = MasterKeyReport(n, order, shift, reference.name if reference is not None else None, entries)
+    report = MasterKeyReport(n, order, shift, reference.name if reference is not None else None, entries, method)
     if shift == "bias":
         for entry in selected:
             entry.kernel.assign(plans[id(entry.layer)][0].astype(keras.backend.standardize_dtype(entry.kernel.dtype)))

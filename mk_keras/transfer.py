@@ -22,6 +22,13 @@ configs: rebuild with `transfer_filters` to train again; `mk_keras.export` reads
 The report records the sha256 of the C-order bytes of each source kernel (and bias) before mapping and of
 each target kernel (and bias) as assigned (`freeze_filters`: as frozen), so an export can prove that the
 frozen filters it holds are the transferred ones.
+
+Controls (`kernel_transform`, recorded in the report with its seed): `transfer_filters(...,
+kernel_transform="shuffle", transform_seed=s)` permutes the spatial positions of every copied (and mapped)
+filter, each 2-D filter (one per channel, or per input/output channel pair of a conv) with its own permutation
+drawn from `numpy.random.default_rng((s, target index))`: the same values per filter, their arrangement
+destroyed. `freeze_filters(..., kernel_transform="delta")` sets each depthwise filter to the identity (1 at the
+centre tap, 0 elsewhere: no spatial filtering) before freezing it.
 """
 
 import dataclasses
@@ -40,7 +47,7 @@ from mk_keras.filters import (
 )
 
 __all__ = ["CHANNEL_MAPS", "KERNEL_MAPS", "NORM_FREEZES", "ORDERS", "TransferEntry", "TransferReport",
-           "array_sha256", "freeze_filters", "transfer_filters"]
+           "array_sha256", "delta_kernel", "freeze_filters", "shuffle_kernel", "transfer_filters"]
 
 KERNEL_MAPS = ("center_crop", "zero_pad", "resize", "auto")
 CHANNEL_MAPS = ("truncate", "tile", "auto")
@@ -92,6 +99,8 @@ class TransferReport:
     freeze: bool
     freeze_following_norm: object
     entries: list
+    kernel_transform: str | None = None  # "shuffle" (copied kernels permuted) or "delta" (identity kernels)
+    transform_seed: int | None = None  # the seed of the "shuffle" permutations
 
     @property
     def frozen_layers(self):
@@ -119,7 +128,9 @@ class TransferReport:
 
     def __str__(self):
         head = (f"transfer {self.kind} n={self.n} order={self.order} freeze={self.freeze} "
-                f"freeze_following_norm={self.freeze_following_norm}")
+                f"freeze_following_norm={self.freeze_following_norm}"
+                + (f" kernel_transform={self.kernel_transform}" if self.kernel_transform else "")
+                + (f" seed={self.transform_seed}" if self.transform_seed is not None else ""))
         rows = [
             f"  [{e.index:3d}] {e.source_layer or '-':<32} -> {e.target_layer:<32} {e.target_shape}"
             f"{' map=' + e.mapping if e.mapping else ''}"
@@ -196,6 +207,25 @@ def _map_value(value, target_shape, kernel_map, channel_map, src, dst):
     return value, "+".join(applied)
 
 
+def shuffle_kernel(kernel, rng):
+    """`kernel` (kh, kw, ...) with the kh*kw spatial positions of each 2-D filter `kernel[:, :, i, j]` permuted
+    independently (`rng` a `numpy.random.Generator`)."""
+    kh, kw = kernel.shape[:2]
+    flat = kernel.reshape(kh * kw, -1)
+    order = rng.permuted(np.broadcast_to(np.arange(kh * kw)[:, None], flat.shape), axis=0)
+    return np.take_along_axis(flat, order, axis=0).reshape(kernel.shape)
+
+
+def delta_kernel(shape, dtype="float32"):
+    """Identity filters of canonical depthwise `shape` (kh, kw, channels, multiplier): 1 at the centre tap."""
+    kh, kw = shape[:2]
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"kernel_transform='delta' needs odd kernel sizes (a centre tap); got {kh}x{kw}")
+    out = np.zeros(shape, dtype)
+    out[kh // 2, kw // 2] = 1
+    return out
+
+
 def _following_norm(filter_layer):
     """The normalisation layer fed by `filter_layer`'s layer alone, if any (BN after a conv, LN after a ConvNeXt
     dwconv); None for the depthwise half of a SeparableConv2D (its pointwise half comes first)."""
@@ -261,20 +291,31 @@ def _freeze(filter_layer, entry, norm, norm_mode):
     entry.frozen_variables = [v.path for layer in layers for v in layer.weights] + [v.path for v in variables]
 
 
-def freeze_filters(model, n, kind="depthwise", order="first", freeze_following_norm=False):
+def freeze_filters(model, n, kind="depthwise", order="first", freeze_following_norm=False, kernel_transform=None):
     """Freeze the first (or last) `n` filter layers of `kind` in place, without copying (random-frozen
     controls, reversed experiments); `freeze_following_norm` as in `transfer_filters` (the norm is frozen
-    as it is, not copied). Returns a `TransferReport`; recompile afterwards."""
+    as it is, not copied). `kernel_transform="delta"` (depthwise only) first sets every selected kernel to the
+    identity filter (`delta_kernel`); the bias keeps its value. Returns a `TransferReport`; recompile
+    afterwards."""
     norm_mode = _norm_mode(freeze_following_norm, True)
+    if kernel_transform not in (None, "delta"):
+        raise ValueError(f"kernel_transform={kernel_transform!r} for freeze_filters; allowed: None, 'delta'")
+    if kernel_transform == "delta" and kind != "depthwise":
+        raise ValueError(f"kernel_transform='delta' with kind={kind!r}; allowed: depthwise (the identity filter of "
+                         "one channel)")
     layers = filter_layers(model, kind)
+    selected = [layers[i] for i in select_indices(len(layers), n, order)]
+    deltas = [delta_kernel(fl.canonical_shape) for fl in selected] if kernel_transform else None
     entries = []
-    for i in select_indices(len(layers), n, order):
-        fl = layers[i]
-        entry = TransferEntry(i, None, None, fl.name, None, fl.kernel_shape, fl.kernel.path,
-                              kernel_sha256=_value_sha256(fl.kernel))
+    for pos, fl in enumerate(selected):
+        if deltas is not None:
+            kernel = from_canonical_kernel(deltas[pos], fl)
+            fl.kernel.assign(kernel.astype(keras.backend.standardize_dtype(fl.kernel.dtype)))
+        entry = TransferEntry(fl.index, None, None, fl.name, None, fl.kernel_shape, fl.kernel.path,
+                              mapping=kernel_transform, kernel_sha256=_value_sha256(fl.kernel))
         _freeze(fl, entry, _following_norm(fl) if norm_mode else None, norm_mode)
         entries.append(entry)
-    return TransferReport(kind, n, order, True, freeze_following_norm, entries)
+    return TransferReport(kind, n, order, True, freeze_following_norm, entries, kernel_transform)
 
 
 def transfer_filters(
@@ -288,6 +329,8 @@ def transfer_filters(
     kernel_map=None,
     channel_map=None,
     freeze_following_norm=False,
+    kernel_transform=None,
+    transform_seed=None,
 ):
     """Copy the kernels of the first (or last) `n` `kind` layers of `source` into `target`.
 
@@ -308,6 +351,9 @@ def transfer_filters(
         each source layer into the one after its target layer and freeze it: True/"all" the whole layer
         (a frozen BatchNormalization then normalises with its moving statistics), "affine" only its
         gamma/beta. The two norms must have the same type and weight shapes.
+      kernel_transform: None, or "shuffle" (the `shuffled` control): after mapping, permute the spatial positions
+        of each copied 2-D filter (`shuffle_kernel`) with `numpy.random.default_rng((transform_seed, target
+        index))`; `transform_seed` (an integer) is required and recorded. Bias and norms are copied unchanged.
     Returns a `TransferReport`. Everything is validated before `target` changes. Recompile `target`
     afterwards (see module docstring).
     """
@@ -318,6 +364,10 @@ def transfer_filters(
     kernel_map = _resolve_map("kernel_map", kernel_map, KERNEL_MAPS)
     channel_map = _resolve_map("channel_map", channel_map, CHANNEL_MAPS)
     norm_mode = _norm_mode(freeze_following_norm, freeze)
+    if kernel_transform not in (None, "shuffle"):
+        raise ValueError(f"kernel_transform={kernel_transform!r} for transfer_filters; allowed: None, 'shuffle'")
+    if kernel_transform and (isinstance(transform_seed, bool) or not isinstance(transform_seed, (int, np.integer))):
+        raise ValueError(f"kernel_transform='shuffle' needs an integer transform_seed, got {transform_seed!r}")
     src_layers, dst_layers = filter_layers(source, kind), filter_layers(target, kind)
     available = min(len(src_layers), len(dst_layers))
     if isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > available:
@@ -333,6 +383,12 @@ def transfer_filters(
         s, d = src_layers[i], dst_layers[j]
         raw = keras.ops.convert_to_numpy(s.kernel)
         mapped, how = _map_value(canonical_kernel(raw, s), d.canonical_shape, kernel_map, channel_map, s.name, d.name)
+        if kernel_transform:
+            if mapped.ndim != 4 or mapped.shape[0] * mapped.shape[1] < 2:
+                raise ValueError(f"kernel_transform='shuffle' needs spatial kernels; layer {d.name!r} has a kernel "
+                                 f"of shape {mapped.shape} (no spatial positions to permute)")
+            mapped = shuffle_kernel(mapped, np.random.default_rng((int(transform_seed), j)))
+            how = "+".join(filter(None, (how, "shuffle")))
         entry = TransferEntry(j, i, s.name, d.name, s.kernel_shape, d.kernel_shape, d.kernel.path, how,
                               source_sha256=array_sha256(raw))
         bias = None
@@ -357,7 +413,8 @@ def transfer_filters(
             entry.norm_copied = True
         if freeze:
             _freeze(d, entry, dst_norm, norm_mode)
-    return TransferReport(kind, n, order, freeze, freeze_following_norm, [e for e, *_ in planned])
+    return TransferReport(kind, n, order, freeze, freeze_following_norm, [e for e, *_ in planned], kernel_transform,
+                          int(transform_seed) if kernel_transform else None)
 
 
 def _resolve_map(name, value, allowed):

@@ -143,7 +143,9 @@ def report(prog, metrics):
     run_dir = metrics["run_dir"]
     frozen = metrics["frozen_layers"]
     transfer = metrics.get("transfer")
-    keys = ", master keys" if transfer and (transfer["source"] or {}).get("type") == "master_keys" else ""
+    source_type = ((transfer or {}).get("source") or {}).get("type")
+    keys = {"master_keys": ", master keys", "delta": ", identity filters"}.get(source_type, "")
+    keys += ", shuffled" if (transfer or {}).get("kernel_transform") == "shuffle" else ""
     what = f"; {len(frozen)} frozen layers ({transfer['kind']} n={transfer['n']}{keys})" if transfer else ""
     print(f"{prog}: {metrics['status']} {run_dir}: top1={metrics['top1']:.4f} top5={metrics['top5']:.4f} "
           f"loss={metrics['loss']:.4f} ({metrics['epochs_completed']} epochs, {metrics['wall_time_s']:.1f} s)"

@@ -5,13 +5,17 @@ freeze them (or not) and train on the target dataset.
     mk-transfer --source=runs/base_garments --dataset=fashion_mnist --classes=fashion_accessories \
         --n=3 --kind=depthwise --run_dir=runs/garments3accessories
     mk-transfer --source=master_keys --model=convnext_micro_cifar --n=3 --classes=fashion_accessories \
-        --run_dir=runs/master_keys_n3 [--master_key_reference=runs/base_garments]
+        --run_dir=runs/master_keys_n3 [--master_key_reference=runs/base_garments] [--master_key_method=A]
+    mk-transfer --source=runs/base_garments --kernel_transform=shuffle --n=3 ...   # the shuffled control
+    mk-transfer --source=delta --model=convnext_micro_cifar --n=3 ...                # the delta control
 
 --source is a trained model (.keras) or a run directory; --model defaults to the source's architecture;
 cross-architecture transfers map kernels with --kernel_map and channels with --channel_map.
 --source=master_keys gives the first (last) n depthwise layers of --model frozen master-key kernels with a
-trainable per-channel shift, fitted to --master_key_reference's filters when given, else round-robin. The run
-directory also holds transfer_report.json.
+trainable per-channel shift, fitted to --master_key_reference's filters when given, else round-robin.
+--kernel_transform=shuffle permutes the spatial positions of each copied filter (seeded by --seed, recorded);
+--source=delta freezes the first (last) n depthwise layers of --model at the identity filter. The run directory
+also holds transfer_report.json.
 """
 
 import json
@@ -30,14 +34,20 @@ def define_flags(fv):
     """Define mk-transfer's flags on `fv`; returns their names."""
     from mk_keras.filters import FILTER_KINDS
     from mk_keras.training import MASTER_KEYS
+    from mk_keras.training.spec import DELTA, KERNEL_TRANSFORMS, MASTER_KEY_METHODS
     from mk_keras.transfer import CHANNEL_MAPS, KERNEL_MAPS, ORDERS
 
     names = common.define_training_flags(fv, model_default=None)
     flags.DEFINE_string("source", None, f"Trained source: a .keras file or a run directory; or {MASTER_KEYS} "
-                        "(frozen master-key filters; needs --model).", flag_values=fv)
+                        f"(frozen master-key filters) or {DELTA} (frozen identity filters, a control); those two "
+                        "need --model.", flag_values=fv)
     flags.DEFINE_string("master_key_reference", None, f"With --source={MASTER_KEYS}: fit each channel's key to "
                         "this trained model's filters (.keras file or run directory); default round-robin.",
                         flag_values=fv)
+    flags.DEFINE_enum("master_key_method", None, MASTER_KEY_METHODS, f"With --source={MASTER_KEYS}: the published "
+                      "sigma set of the keys (default B).", flag_values=fv)
+    flags.DEFINE_enum("kernel_transform", None, KERNEL_TRANSFORMS, "shuffle: permute the spatial positions of "
+                      "each copied filter (the shuffled control; seeded by --seed).", flag_values=fv)
     flags.DEFINE_integer("n", 0, "Number of filter layers to copy.", lower_bound=0, flag_values=fv)
     flags.DEFINE_enum("kind", "depthwise", FILTER_KINDS, "Filter kind to transfer.", flag_values=fv)
     flags.DEFINE_enum("order", "first", ORDERS, "first: layers 1..n (AnB); last: the last n (reversed).",
@@ -53,8 +63,8 @@ def define_flags(fv):
                       "BatchNorm normalises with its moving statistics), affine = only scale and offset (batch "
                       "statistics kept).", flag_values=fv)
     flags.mark_flag_as_required("source", flag_values=fv)
-    return [*names, "source", "master_key_reference", "n", "kind", "order", "freeze", "kernel_map", "channel_map",
-            "freeze_following_norm"]
+    return [*names, "source", "master_key_reference", "master_key_method", "kernel_transform", "n", "kind", "order",
+            "freeze", "kernel_map", "channel_map", "freeze_following_norm"]
 
 
 def source_model_name(source):
@@ -62,9 +72,10 @@ def source_model_name(source):
     config without building the model: TensorFlow must do no work before a multi-worker strategy exists. A
     corrupt source still fails in one line when `train` loads it."""
     from mk_keras.training import MASTER_KEYS
+    from mk_keras.training.spec import DELTA
 
-    if source == MASTER_KEYS:
-        raise ValueError(f"--source={MASTER_KEYS} needs --model (there is no source architecture); allowed: a "
+    if source in (MASTER_KEYS, DELTA):
+        raise ValueError(f"--source={source} needs --model (there is no source architecture); allowed: a "
                          "registered model with depthwise layers, e.g. convnext_micro_cifar")
     path = os.path.join(source, "model.keras") if os.path.isdir(source) else source
     if not (path.endswith(".keras") and os.path.isfile(path)):

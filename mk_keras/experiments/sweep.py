@@ -40,11 +40,13 @@ from mk_keras.experiments.treatments import BASES, TREATMENTS
 from mk_keras.filters import FILTER_KINDS
 from mk_keras.models import create_model, model_family
 from mk_keras.training import MASTER_KEYS, RunSpec, TrainingFailed, train
+from mk_keras.training.spec import DELTA
 
 KINDS = (*FILTER_KINDS, "auto")
 # Keyword arguments of `train` that the sweep sets per run; they cannot be given in `train_args`.
 PER_RUN_ARGS = ("model", "dataset", "classes", "run_dir", "seed", "init_seed", "data_seed", "source", "n", "kind",
-                "order", "freeze", "master_key_reference", "kernel_map", "channel_map", "init_hook", "overwrite", "flags_text")
+                "order", "freeze", "master_key_reference", "kernel_map", "channel_map", "kernel_transform", "init_hook",
+                "overwrite", "flags_text")
 # `train_args` that do not change what a run computes: may differ when a sweep is resumed.
 _UNCOMPARED_TRAIN_ARGS = ("verbose", "checkpoint_every")
 
@@ -306,7 +308,7 @@ def plan(config):
             cross = resolve_depths(config.depths, shared, f"{config.cross_source} -> {model} ({shared} {kind} "
                                    "layers in both)")
         arms.append(Arm(model, kind, layers, depths, cross))
-    keyed = [t for t in config.treatments if TREATMENTS[t].master_keys]
+    keyed = [t for t in config.treatments if TREATMENTS[t].depthwise_only]
     if keyed and not any(a.kind == "depthwise" for a in arms):
         raise ValueError(f"treatment {keyed[0]!r} needs a model with kind depthwise; the models have "
                          f"{', '.join(f'{a.model} ({a.kind})' for a in arms)}")
@@ -325,8 +327,8 @@ def plan(config):
                 runs.append(Run(_run_id(model, "baseB", seed), model, "baseB", seed))
         for arm in arms:
             for t in transfers:
-                if t.master_keys and arm.kind != "depthwise":
-                    continue  # master keys are depthwise filters
+                if t.depthwise_only and arm.kind != "depthwise":
+                    continue  # master keys and identity filters are depthwise filters
                 for size in sizes if t.source in ("A", "cross") else [None]:
                     source_model = config.cross_source if t.source == "cross" else arm.model
                     source = _run_id(source_model, BASES[t.source], seed, size=size) if t.source else None
@@ -367,7 +369,7 @@ def _check_transfers(config, runs):
 
 
 def train_kwargs(run, config, output_dir):
-    """The keyword arguments of `train` for `run`."""
+    """The keyword arguments of `train` for `run` (`train_args`' `master_key_method` reaches master-key runs only)."""
     t = TREATMENTS[run.treatment]
     dataset, classes = config.data(t.data)
     kwargs = dict(config.train_args, model=run.model, dataset=dataset, classes=classes, seed=run.seed,
@@ -380,10 +382,16 @@ def train_kwargs(run, config, output_dir):
             kwargs["source"] = MASTER_KEYS
             if run.source:
                 kwargs["master_key_reference"] = results.run_dir(output_dir, run.source)
+        elif t.control == "delta":
+            kwargs["source"] = DELTA
         elif run.source:
             kwargs["source"] = results.run_dir(output_dir, run.source)
+        if t.control == "shuffle":
+            kwargs["kernel_transform"] = "shuffle"
         if t.source == "cross":
             kwargs.update(kernel_map=config.cross_kernel_map, channel_map=config.cross_channel_map)
+    if not t.master_keys:
+        kwargs.pop("master_key_method", None)
     return kwargs
 
 

@@ -15,7 +15,10 @@ class Treatment:
     copy), "A" / "B" (the base model of this model and seed), "cross" (base A of `cross_source`).
     uses_n: whether the run has a transfer depth n. order / freeze: passed to `train`. master_keys: the n
     layers get frozen master-key kernels (`train(source="master_keys")`, depthwise arms only), fitted to the
-    filters of the `source` base when it is set, else round-robin.
+    filters of the `source` base when it is set, else round-robin. control: "shuffle" (the copied filters'
+    spatial positions permuted per channel, `train(kernel_transform="shuffle")`) or "delta" (identity filters,
+    `train(source="delta")`, depthwise arms only): controls that keep the statistics of learned filters but not
+    their structure, or do no spatial filtering at all.
     """
 
     name: str
@@ -26,10 +29,16 @@ class Treatment:
     order: str = "first"
     freeze: bool = True
     master_keys: bool = False
+    control: str | None = None
 
     @property
     def is_base(self):
         return not self.uses_n
+
+    @property
+    def depthwise_only(self):
+        """Runs only on depthwise arms (its filters are made per channel: master keys, identity filters)."""
+        return self.master_keys or self.control == "delta"
 
 
 TREATMENTS = {t.name: t for t in (
@@ -46,6 +55,11 @@ TREATMENTS = {t.name: t for t in (
               "on B", "B", "A", order="last"),
     Treatment("random_frozen", "layers 1..n left at their random initialisation and frozen, the rest trained "
               "on B (control)", "B"),
+    Treatment("shuffled", "layers 1..n copied from baseA with the spatial positions of each filter permuted (per "
+              "channel, seeded by the run's seed) and frozen; the rest trained on B (control: same weight statistics, "
+              "structure destroyed)", "B", "A", control="shuffle"),
+    Treatment("delta", "layers 1..n set to the identity filter (1 at the centre tap) and frozen; the rest trained "
+              "on B (control: no spatial filtering; depthwise only)", "B", control="delta"),
     Treatment("cross", "layers 1..n copied from baseA of --cross_source (another architecture, kernels and "
               "channels mapped) and frozen; the rest trained on B", "B", "cross"),
     Treatment("master_keys", "layers 1..n given frozen master-key kernels (round-robin over channels) with a "

@@ -36,7 +36,7 @@ from mk_keras.training import checkpoint, recipe, rundir
 from mk_keras.training.callbacks import EpochScalars, KeepRawWeights, RunMonitor
 from mk_keras.training.distribute import make_distribution
 from mk_keras.sources import file_sha256
-from mk_keras.training.spec import EVAL_SUBSET_SEED, MASTER_KEYS, RunSpec
+from mk_keras.training.spec import DELTA, EVAL_SUBSET_SEED, MASTER_KEYS, RunSpec
 from mk_keras.transfer import freeze_filters, transfer_filters
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,12 @@ def _transfer_summary(report, source_info, spec):
         return None
     out = {"source": source_info, "kind": spec.kind, "n": spec.n, "order": spec.order, "freeze": spec.freeze}
     if source_info is not None and source_info.get("type") == MASTER_KEYS:
-        return {**out, "layers": report.frozen_layers, "master_keys": [
+        return {**out, "layers": report.frozen_layers, "master_key_method": report.method, "master_keys": [
             {"layer": e.layer, "key_counts": e.key_counts, "mean_cosine": e.mean_cosine} for e in report.entries]}
-    return {**out, "layers": [e.target_layer for e in report.entries]}
+    out["layers"] = [e.target_layer for e in report.entries]
+    if report.kernel_transform:
+        out.update(kernel_transform=report.kernel_transform, transform_seed=report.transform_seed)
+    return out
 
 
 def _versions():
@@ -120,7 +123,7 @@ def _source_spec(value, what):
     if isinstance(value, os.PathLike):
         return os.fspath(value), None
     raise ValueError(f"{what}={value!r}; allowed: a keras.Model, a .keras file, a run directory"
-                     + (f" or {MASTER_KEYS!r}" if what == "source" else ""))
+                     + (f", {MASTER_KEYS!r} or {DELTA!r}" if what == "source" else ""))
 
 
 def _source_file(value, what):
@@ -180,8 +183,11 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
       transfer: with `source` (a keras.Model, `.keras` path or run directory) the first/last (`order`) `n`
         `kind` layers are copied by `mk_keras.transfer_filters` (`kernel_map`, `channel_map`,
         `freeze_following_norm`) and frozen when `freeze`; without `source`, `n > 0` freezes the model's own
-        (random) layers. `source="master_keys"` gives the first/last `n` depthwise layers frozen master-key
-        kernels with a trainable per-channel shift, fitted to `master_key_reference` when given.
+        (random) layers. `kernel_transform="shuffle"` permutes the spatial positions of each copied filter
+        (the `shuffled` control; seeded by `init_seed`, recorded in the transfer report).
+        `source="master_keys"` gives the first/last `n` depthwise layers frozen master-key kernels
+        (`master_key_method` "B" or "A") with a trainable per-channel shift, fitted to `master_key_reference`
+        when given; `source="delta"` freezes them at the identity filter (the `delta` control).
 
     Run management (not part of the spec): `run_dir` (None: nothing written, no resume; a finished run is
     refused unless `overwrite`; an unfinished one of the same spec resumes from its last checkpoint, taken every
@@ -213,7 +219,7 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
         value = getattr(spec, key)
         if model is not None:  # in memory: the hash of its weights
             hashes[f"{key}_sha256"] = _weights_sha256(model.weights)
-        elif value is not None and not (key == "source" and spec.uses_master_keys):
+        elif value is not None and not (key == "source" and not spec.copies_filters):
             hashes[f"{key}_sha256"] = file_sha256(_source_file(value, key))
     spec = spec.replace(**hashes, backend=keras.backend.backend(), versions=_versions())
     sources = {"source": source_model, "reference": reference_model}
@@ -380,14 +386,19 @@ def _transfer(net, spec, models):
     if spec.uses_master_keys:
         ref_model, ref_info = (_load(spec.master_key_reference, models["reference"])
                                if spec.master_key_reference is not None else (None, None))
-        net, report = assign_master_keys(net, spec.n, reference=ref_model, order=spec.order, shift="kernel")
+        net, report = assign_master_keys(net, spec.n, reference=ref_model, order=spec.order, shift="kernel",
+                                         method=spec.master_key_method)
         if ref_info is not None:
             ref_info = {**ref_info, "sha256": spec.master_key_reference_sha256}
         return net, report, {"type": MASTER_KEYS, "reference": ref_info}
+    if spec.source == DELTA:
+        report = freeze_filters(net, spec.n, spec.kind, spec.order, spec.freeze_following_norm, kernel_transform="delta")
+        return net, report, {"type": DELTA}
     if spec.source is not None:
         source, info = _load(spec.source, models["source"])
         report = transfer_filters(source, net, spec.n, spec.kind, spec.order, spec.freeze, True, spec.kernel_map,
-                                  spec.channel_map, spec.freeze_following_norm)
+                                  spec.channel_map, spec.freeze_following_norm, spec.kernel_transform,
+                                  spec.init_seed if spec.kernel_transform else None)
         return net, report, {**info, "sha256": spec.source_sha256}
     if spec.n:
         return net, freeze_filters(net, spec.n, spec.kind, spec.order, spec.freeze_following_norm), None

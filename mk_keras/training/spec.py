@@ -25,6 +25,11 @@ from mk_keras.transfer import CHANNEL_MAPS, KERNEL_MAPS, NORM_FREEZES, ORDERS
 EVAL_SUBSET_SEED = 0
 # `source="master_keys"`: frozen master-key filters instead of filters copied from a trained source.
 MASTER_KEYS = "master_keys"
+# `source="delta"`: frozen identity filters (the `delta` control: no spatial filtering), depthwise only.
+DELTA = "delta"
+# `kernel_transform` of copied kernels: "shuffle" permutes each filter's spatial positions (the `shuffled` control).
+KERNEL_TRANSFORMS = ("shuffle",)
+MASTER_KEY_METHODS = ("B", "A")
 # Fields that say where data live or how steps are executed and logged: a resumed run may change them, and
 # they are not part of the run's identity (`spec_hash`).
 EXECUTION_FIELDS = ("data_dir", "manual_dir", "distribution", "steps_per_execution", "jit_compile",
@@ -80,6 +85,8 @@ class RunSpec:
     freeze: bool = True
     master_key_reference: str | None = None
     master_key_reference_sha256: str | None = None
+    master_key_method: str | None = None  # "B" or "A"; set to "B" for source="master_keys" when unset
+    kernel_transform: str | None = None
     kernel_map: str | None = None
     channel_map: str | None = None
     freeze_following_norm: object = False
@@ -111,6 +118,8 @@ class RunSpec:
         # One spelling per setting, so equal runs hash equally.
         if self.freeze_following_norm is True:
             set_("freeze_following_norm", "all")
+        if self.source == MASTER_KEYS and self.master_key_method is None:
+            set_("master_key_method", "B")
         if self.mixed_precision in (True, "none", None):
             set_("mixed_precision", "mixed_bfloat16" if self.mixed_precision is True else False)
         for key in ("source", "master_key_reference", "data_dir", "manual_dir"):
@@ -153,6 +162,11 @@ class RunSpec:
     def uses_master_keys(self):
         return self.source == MASTER_KEYS
 
+    @property
+    def copies_filters(self):
+        """Whether the filters come from a source model (not master keys, identity filters or none)."""
+        return self.source not in (None, MASTER_KEYS, DELTA)
+
 
 def json_default(value):
     """`json.dump(default=...)` for NumPy scalars and arrays (anything else: its str)."""
@@ -176,7 +190,8 @@ def _validate(spec):
     for key, allowed in (("kind", FILTER_KINDS), ("order", ORDERS), ("lr_scaling", recipe.LR_SCALINGS),
                          ("augment", (None, "basic", "randaugment")),
                          ("kernel_map", (None, *KERNEL_MAPS)), ("channel_map", (None, *CHANNEL_MAPS)),
-                         ("freeze_following_norm", NORM_FREEZES)):
+                         ("freeze_following_norm", NORM_FREEZES), ("kernel_transform", (None, *KERNEL_TRANSFORMS)),
+                         ("master_key_method", (None, *MASTER_KEY_METHODS))):
         if getattr(spec, key) not in allowed:
             raise ValueError(f"{key}={getattr(spec, key)!r}; allowed: {', '.join(map(repr, allowed))}")
     for key in ("seed", "init_seed", "data_seed"):
@@ -215,27 +230,36 @@ def _validate(spec):
     if spec.source is None and (spec.kernel_map or spec.channel_map):
         raise ValueError(f"kernel_map={spec.kernel_map!r} / channel_map={spec.channel_map!r} map copied kernels; "
                          "without a source nothing is copied: leave them unset")
+    if spec.kernel_transform and not spec.copies_filters:
+        raise ValueError(f"kernel_transform={spec.kernel_transform!r} transforms copied kernels; source="
+                         f"{spec.source!r} copies none: pass a trained source, or leave it unset")
+    if spec.kernel_transform and spec.kind == "pointwise":
+        raise ValueError(f"kernel_transform={spec.kernel_transform!r} with kind='pointwise': 1x1 kernels have no "
+                         "spatial positions to permute; allowed kinds: depthwise, conv")
     for key in ("source", "master_key_reference"):
         if getattr(spec, key) is not None and not isinstance(getattr(spec, key), str):
             raise ValueError(f"{key}={getattr(spec, key)!r} must be a path string (train() also takes a keras.Model)")
-    if spec.uses_master_keys:
-        _validate_master_keys(spec)
-    elif spec.master_key_reference is not None:
-        raise ValueError(f"master_key_reference is set but source={spec.source!r}; it needs "
-                         f"source={MASTER_KEYS!r}")
+    if spec.uses_master_keys or spec.source == DELTA:
+        _validate_builtin_filters(spec)
+    for key in ("master_key_reference", "master_key_method"):
+        if getattr(spec, key) is not None and not spec.uses_master_keys:
+            raise ValueError(f"{key} is set but source={spec.source!r}; it needs source={MASTER_KEYS!r}")
     recipe.policy_name(spec.mixed_precision)
     if spec.image_size is not None and (len(spec.image_size) != 2 or min(spec.image_size) < 8):
         raise ValueError(f"image_size={spec.image_size!r} must be (height, width), each >= 8")
 
 
-def _validate_master_keys(spec):
+def _validate_builtin_filters(spec):
+    """source="master_keys" or "delta": frozen depthwise filters made here, not copied."""
     if spec.kind != "depthwise":
-        raise ValueError(f"kind={spec.kind!r} with source={MASTER_KEYS!r}; allowed: depthwise")
+        raise ValueError(f"kind={spec.kind!r} with source={spec.source!r}; allowed: depthwise")
     if not spec.n:
-        raise ValueError(f"n=0 with source={MASTER_KEYS!r}; allowed: 1..number of depthwise layers")
+        raise ValueError(f"n=0 with source={spec.source!r}; allowed: 1..number of depthwise layers")
     if not spec.freeze:
-        raise ValueError(f"freeze=False with source={MASTER_KEYS!r}: the keys are always frozen (their per-channel "
-                         "shifts train); allowed: freeze=True")
-    for key in ("kernel_map", "channel_map", "freeze_following_norm"):
+        what = "the keys are always frozen (their per-channel shifts train)" if spec.uses_master_keys else (
+            "the identity filters are a frozen control")
+        raise ValueError(f"freeze=False with source={spec.source!r}: {what}; allowed: freeze=True")
+    # a delta layer's following norm may be frozen as it is (as random_frozen's); master-key layers copy no norm
+    for key in ("kernel_map", "channel_map", *(("freeze_following_norm",) if spec.uses_master_keys else ())):
         if getattr(spec, key):
-            raise ValueError(f"{key}={getattr(spec, key)!r} does not apply to source={MASTER_KEYS!r}; leave it unset")
+            raise ValueError(f"{key}={getattr(spec, key)!r} does not apply to source={spec.source!r}; leave it unset")

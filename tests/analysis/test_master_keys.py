@@ -1,9 +1,11 @@
+import math
 import zipfile
 
 import keras
 import numpy as np
 import pytest
 from analysis_helpers import plant_model, planted, tiny, tiny_conv, to_np
+from scipy.special import iv
 
 import mk_keras
 from mk_keras.analysis import (
@@ -18,48 +20,96 @@ from mk_keras.analysis import (
 pytestmark = pytest.mark.backend_agnostic
 
 
-@pytest.mark.parametrize("k", [3, 5, 7])
-def test_keys_are_centred_unit_norm_and_distinct(k):
-    keys = master_keys(k)
+PUBLISHED = {  # (sigma_x, sigma_y) of F1..F8, arXiv 2509.11711
+    "B": [(.644, .583), (.586, .644), (.690, .674), (.756, .460), (1.107, .945), (.900, .889), (.675, .675),
+          (.609, .601)],
+    "A": [(.580, .558), (.559, .580), (.617, .601), (.642, .424), (1.075, .800), (.771, 1.003), (.675, .675),
+          (.552, .545)],
+}
+
+
+def _published_key(index, k, sx, sy):
+    """F1..F8 (index 0..7) from the published formulas, written out tap by tap (rows = y, columns = x)."""
+    r = (k - 1) // 2
+
+    def t1d(sigma):
+        values = [math.exp(-sigma**2) * iv(n, sigma**2) for n in range(-r, r + 1)]
+        return [v / sum(values) for v in values]
+
+    ty, tx = t1d(sy), t1d(sx)
+    T = [[ty[i] * tx[j] for j in range(k)] for i in range(k)]
+    out = np.zeros((k, k))
+    for i in range(k):
+        for j in range(k):
+            if index == 0:  # F1 = dy+ T: forward along rows
+                out[i, j] = T[i + 1][j] - T[i][j] if i + 1 < k else 0.0
+            elif index == 1:  # F2 = dx- T: backward along columns
+                out[i, j] = T[i][j] - T[i][j - 1] if j >= 1 else 0.0
+            elif index == 2:  # F3 = dy- T
+                out[i, j] = T[i][j] - T[i - 1][j] if i >= 1 else 0.0
+            elif index == 3:  # F4 = dx+ T
+                out[i, j] = T[i][j + 1] - T[i][j] if j + 1 < k else 0.0
+            elif index == 4:  # F5 = dx T: central inside, one-sided at the border
+                out[i, j] = (T[i][j + 1] - T[i][j - 1]) / 2 if 0 < j < k - 1 else (
+                    T[i][1] - T[i][0] if j == 0 else T[i][k - 1] - T[i][k - 2])
+            elif index == 5:  # F6 = dy T
+                out[i, j] = (T[i + 1][j] - T[i - 1][j]) / 2 if 0 < i < k - 1 else (
+                    T[1][j] - T[0][j] if i == 0 else T[k - 1][j] - T[k - 2][j])
+            elif index == 6:  # F7 = T - 0.5 * five-point Laplacian (interior only)
+                lap = (T[i + 1][j] + T[i - 1][j] + T[i][j + 1] + T[i][j - 1] - 4 * T[i][j]
+                       if 0 < i < k - 1 and 0 < j < k - 1 else 0.0)
+                out[i, j] = T[i][j] - 0.5 * lap
+            else:  # F8 = T
+                out[i, j] = T[i][j]
+    return out / math.sqrt((out**2).sum())
+
+
+@pytest.mark.parametrize("method", ["B", "A"])
+@pytest.mark.parametrize("k", [3, 7])
+def test_keys_are_the_published_formulas_in_order_at_unit_norm(k, method):
+    keys = master_keys(k, method) if method == "A" else master_keys(k)
     assert keys.shape == (8, k, k) and keys.dtype == np.float32
+    for i, (sx, sy) in enumerate(PUBLISHED[method]):
+        np.testing.assert_allclose(keys[i], _published_key(i, k, sx, sy), atol=2e-7, err_msg=MASTER_KEY_NAMES[i])
     flat = keys.reshape(8, -1).astype(np.float64)
-    np.testing.assert_allclose(flat.mean(axis=1), 0, atol=1e-7)
     np.testing.assert_allclose(np.linalg.norm(flat, axis=1), 1, atol=1e-6)
-    off_diagonal = np.abs(flat @ flat.T - np.eye(8))
-    assert off_diagonal.max() < (0.55 if k == 7 else 0.9)
+    centred = flat - flat.mean(axis=1, keepdims=True)
+    centred /= np.linalg.norm(centred, axis=1, keepdims=True)
+    assert np.abs(centred @ centred.T - np.eye(8)).max() < 0.999  # distinct, also after the fit centres them
 
 
-def test_key_geometry_matches_the_documented_definitions():
-    keys = dict(zip(MASTER_KEY_NAMES, master_keys(7)))
-    for name in ("gaussian", "centre_surround"):
-        np.testing.assert_allclose(keys[name], keys[name][::-1, ::-1], atol=1e-7)
-        np.testing.assert_allclose(keys[name], keys[name].T, atol=1e-7)
-    assert keys["gaussian"][3, 3] > keys["gaussian"][0, 0]
-    assert keys["centre_surround"][3, 3] > 0 > keys["centre_surround"][3, 1]
-    np.testing.assert_allclose(keys["dx"], -keys["dx"][:, ::-1], atol=1e-7)
-    np.testing.assert_allclose(keys["dy"], keys["dx"].T, atol=1e-7)
-    np.testing.assert_allclose(keys["one_sided_-x"], keys["one_sided_+x"][:, ::-1], atol=1e-7)
-    np.testing.assert_allclose(keys["one_sided_+y"], keys["one_sided_+x"].T, atol=1e-7)
-    np.testing.assert_allclose(keys["one_sided_-y"], keys["one_sided_+y"][::-1, :], atol=1e-7)
-    row, col = np.unravel_index(np.argmax(keys["one_sided_+x"]), (7, 7))
-    assert row == 3 and col > 3  # positive lobe to the right (+x)
+def test_published_keys_have_the_expected_geometry():
+    keys = dict(zip(MASTER_KEY_NAMES, master_keys(7).astype(np.float64)))
+    assert MASTER_KEY_NAMES == ("F1_dy+T", "F2_dx-T", "F3_dy-T", "F4_dx+T", "F5_dxT", "F6_dyT", "F7_T-0.5lapT",
+                                "F8_T")
+    assert (keys["F8_T"] >= 0).all() and np.argmax(keys["F8_T"]) == 24  # a blob at the centre
+    assert keys["F7_T-0.5lapT"][3, 3] > 0 > keys["F7_T-0.5lapT"][2, 2]  # centre-surround
+    assert keys["F1_dy+T"][2, 3] > 0 > keys["F1_dy+T"][3, 3] and not keys["F1_dy+T"][6].any()  # y = rows
+    assert keys["F4_dx+T"][3, 2] > 0 > keys["F4_dx+T"][3, 3] and not keys["F4_dx+T"][:, 6].any()  # x = columns
+    assert not keys["F3_dy-T"][0].any() and not keys["F2_dx-T"][:, 0].any()
+    np.testing.assert_allclose(keys["F5_dxT"], -keys["F5_dxT"][:, ::-1], atol=1e-7)
+    np.testing.assert_allclose(keys["F6_dyT"], -keys["F6_dyT"][::-1], atol=1e-7)
+    assert not np.allclose(master_keys(7, "A"), master_keys(7, "B"))
 
 
 def test_fit_recovers_key_scale_and_shift_of_a_times_key_plus_b():
     ids = np.arange(16) % 8
-    filters, a, b = planted(ids)
+    filters, a, b = planted(ids)  # a * F + b with F the (uncentred) unit-norm key
+    keys = master_keys(7).reshape(8, -1).astype(np.float64)[ids]
+    means = keys.mean(axis=1)
     fit = fit_master_keys(filters)
     np.testing.assert_array_equal(fit.index, ids)
-    np.testing.assert_allclose(fit.a, a, rtol=1e-6)
-    np.testing.assert_allclose(fit.b, b, atol=1e-12)
+    # a*F + b = a*|F_c| x̂ + (b + a*mean F): the fit's a and b are those of the centred key x̂
+    np.testing.assert_allclose(fit.a, a * np.linalg.norm(keys - means[:, None], axis=1), rtol=1e-6)
+    np.testing.assert_allclose(fit.b, b + a * means, atol=1e-12)
     np.testing.assert_allclose(fit.cosine, 1, atol=1e-6)
     np.testing.assert_allclose(fit.reconstruct(master_keys(7)), filters, atol=1e-6)
 
 
 def test_fit_of_a_noisy_filter_picks_the_best_key():
-    filters, _, _ = planted([7, 1], noise=0.05, seed=3)
+    filters, _, _ = planted([6, 1, 4], noise=0.01, seed=3)
     fit = fit_master_keys(filters)
-    np.testing.assert_array_equal(fit.index, [7, 1])
+    np.testing.assert_array_equal(fit.index, [6, 1, 4])
     assert (fit.cosine > 0.8).all() and (fit.cosine < 1).all()
 
 
@@ -67,6 +117,8 @@ def test_fit_of_a_noisy_filter_picks_the_best_key():
 def test_master_keys_rejects_bad_kernel_size(bad):
     with pytest.raises(ValueError, match="odd integer"):
         master_keys(bad)
+    with pytest.raises(ValueError, match="method='C'; allowed: B, A"):
+        master_keys(7, "C")
 
 
 def test_fit_rejects_non_square_filters():
@@ -135,13 +187,18 @@ def test_reference_fit_gives_the_reference_filter_up_to_its_scale():
     entry = mk_keras.filter_layers(model, "depthwise")[0]
     y = layer_filters(reference)[0][1]
     fit = fit_master_keys(y)
-    applied = layer_filters(model)[0][1]
-    np.testing.assert_allclose(applied * np.abs(fit.a)[:, None, None], y, atol=1e-5)
+    applied = layer_filters(model)[0][1]  # kernel + shift
+    keys = master_keys(7).reshape(8, -1).astype(np.float64)
+    centred_norm = np.linalg.norm(keys - keys.mean(axis=1, keepdims=True), axis=1)[fit.index]
+    scale = (centred_norm / np.abs(fit.a))[:, None, None]  # the layer applies y up to a positive scale
+    np.testing.assert_allclose(applied, y * scale, atol=1e-5)
+    np.testing.assert_array_equal(to_np(entry.kernel)[:, :, :, 0].transpose(2, 0, 1),
+                                  np.sign(fit.a)[:, None, None] * master_keys(7)[fit.index])  # the published keys
     assert report.entries[0].mean_cosine == pytest.approx(1, abs=1e-6)
     assert report.entries[0].key_index[:4] == [7, 0, 3, 1]
     # The layer computes the depthwise convolution with those filters (plus its bias, zero here).
     x = np.random.default_rng(1).standard_normal((2, 9, 9, 16)).astype("float32")
-    kernel = (y / np.abs(fit.a)[:, None, None]).transpose(1, 2, 0)[..., None].astype("float32")
+    kernel = (y * scale).transpose(1, 2, 0)[..., None].astype("float32")
     expected = keras.ops.depthwise_conv(x, kernel, padding="same")
     np.testing.assert_allclose(to_np(entry.layer(x)), to_np(expected), atol=1e-4)
 
@@ -202,3 +259,12 @@ def test_bad_inputs_give_clear_errors():
         assign_master_keys(grouped, 1)
     with pytest.raises(ValueError, match="shift='output'"):
         assign_master_keys(tiny(), 1, shift="output")
+    with pytest.raises(ValueError, match="method='C'; allowed: B, A"):
+        assign_master_keys(tiny(), 1, method="C")
+
+
+def test_method_a_installs_the_method_a_keys():
+    model, report = assign_master_keys(tiny(), 1, method="A")
+    kernel = to_np(mk_keras.filter_layers(model, "depthwise")[0].kernel)
+    np.testing.assert_array_equal(kernel[:, :, 3, 0], master_keys(7, "A")[3])
+    assert report.method == "A" and "method A" in str(report)

@@ -69,15 +69,21 @@ def test_fitted_master_keys_stay_frozen_shifts_train_and_a_crashed_run_resumes(t
     for wa, wb in zip(a.weights, b.weights, strict=True):
         np.testing.assert_array_equal(_np(wa), _np(wb), wa.path)
 
-    # The master keys: s * key per channel, s = sign(a) of the fit; bit-identical before and after training.
+    # The master keys: s * F per channel (F the published unit-norm key), s = sign(a) of the fit; bit-identical
+    # before and after training.
     keys = master_keys(7)
+    flat = keys.reshape(8, -1).astype(np.float64)
+    means, centred_norms = flat.mean(axis=1), np.linalg.norm(flat - flat.mean(axis=1, keepdims=True), axis=1)
     layers = filter_layers(b)
     for layer, fit in zip(layers[:2], fits):
-        expected = (np.where(fit.a < 0, -1, 1)[:, None, None] * keys[fit.index]).transpose(1, 2, 0)[..., None]
+        signs = np.where(fit.a < 0, -1, 1)
+        expected = (signs[:, None, None] * keys[fit.index]).transpose(1, 2, 0)[..., None]
         assert isinstance(layer.layer, MasterKeyDepthwiseConv2D) and not layer.kernel.trainable
         np.testing.assert_array_equal(_np(layer.kernel), expected.astype("float32"))
         np.testing.assert_array_equal(start[layer.name][0], expected.astype("float32"))
-        np.testing.assert_allclose(start[layer.name][1], fit.b / np.abs(fit.a), rtol=1e-6)  # the fitted shift
+        # the fitted shift: kernel + shift = (a x̂ + b) |F_c| / |a|, the fit up to a positive scale
+        shift = fit.b * centred_norms[fit.index] / np.abs(fit.a) - signs * means[fit.index]
+        np.testing.assert_allclose(start[layer.name][1], shift, rtol=1e-5, atol=1e-7)
         assert not np.array_equal(_np(layer.layer.shift), start[layer.name][1])  # ... then trained
     for layer in layers[2:]:
         assert type(layer.layer) is keras.layers.DepthwiseConv2D
@@ -87,6 +93,7 @@ def test_fitted_master_keys_stay_frozen_shifts_train_and_a_crashed_run_resumes(t
     assert straight["params"]["frozen"] == 7 * 7 * 24 + 7 * 7 * 48  # kernels only: shifts and biases train
     transfer = straight["transfer"]
     assert transfer["source"]["type"] == MASTER_KEYS and transfer["source"]["reference"]["path"] == str(reference)
+    assert transfer["master_key_method"] == "B" and straight["spec"]["master_key_method"] == "B"
     assert [m["key_counts"] for m in transfer["master_keys"]] == [np.bincount(f.index, minlength=8).tolist()
                                                                   for f in fits]
     report = json.loads((tmp_path / "straight" / "transfer_report.json").read_text())
@@ -100,6 +107,7 @@ def test_fitted_master_keys_stay_frozen_shifts_train_and_a_crashed_run_resumes(t
     ({"freeze": False}, "freeze=False with source='master_keys'"),
     ({"kernel_map": "auto"}, "kernel_map='auto' does not apply to source='master_keys'"),
     ({"source": None}, "master_key_reference is set but source=None"),
+    ({"master_key_method": "C"}, "master_key_method='C'; allowed: None, 'B', 'A'"),
     ({"master_key_reference": "/nonexistent/run"}, "master_key_reference '/nonexistent/run' does not exist"),
 ])
 def test_bad_master_key_arguments_fail_before_anything_is_written(tmp_path, overrides, message):
