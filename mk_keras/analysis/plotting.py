@@ -21,12 +21,15 @@ def display_scaled(filters):
     return filters / np.where(peak > 0, peak, 1.0)[:, None, None]
 
 
-def mosaic(filters, columns, pad=1):
-    """Tile (N, kh, kw) filters into one 2-D image, `columns` per row, NaN (blank) between tiles."""
+def mosaic(filters, columns, gap=1):
+    """Tile (N, kh, kw) filters into one 2-D image, `columns` per row (row-major), `gap` NaN pixels between tiles.
+
+    Unused tiles of the last row are NaN too.
+    """
     n, kh, kw = filters.shape
     rows = -(-n // columns)
-    out = np.full((rows * (kh + pad) - pad, columns * (kw + pad) - pad), np.nan)
+    out = np.full((rows * (kh + gap) - gap, columns * (kw + gap) - gap), np.nan)
     for i, f in enumerate(filters):
         r, c = divmod(i, columns)
-        out[r * (kh + pad) : r * (kh + pad) + kh, c * (kw + pad) : c * (kw + pad) + kw] = f
+        out[r * (kh + gap) : r * (kh + gap) + kh, c * (kw + gap) : c * (kw + gap) + kw] = f
     return out

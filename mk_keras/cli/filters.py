@@ -1,7 +1,7 @@
 """mk-filters: filter atlas, cross-model similarity and filter clustering.
 
 Usage:
-  mk-filters atlas MODEL [MODEL ...] --out_dir=DIR [--per_row=16]
+  mk-filters atlas MODEL [MODEL ...] --out_dir=DIR [--per_layer=32] [--per_row=8]
   mk-filters compare MODEL_A MODEL_B --out_dir=DIR [--kind=conv] [--max_filters=1024]
   mk-filters cluster MODEL [MODEL ...] --out_dir=DIR [--k=8] [--method=autoencoder] [--max_distance=0.5]
 
@@ -18,7 +18,7 @@ import keras
 from absl import flags
 
 from mk_keras.analysis import ANALYSIS_KINDS
-from mk_keras.analysis.atlas import atlas_rows, plot_atlas
+from mk_keras.analysis.atlas import atlas_rows, plot_atlas, write_atlas_csv
 from mk_keras.analysis.clusters import (
     CLUSTER_METHODS,
     centroid_summary,
@@ -37,7 +37,7 @@ PROG = "mk-filters"
 
 COMMANDS = ("atlas", "compare", "cluster")
 OUTPUTS = {
-    "atlas": {"atlas": "atlas_{kind}.png"},
+    "atlas": {"atlas": "atlas_{kind}.png", "csv": "atlas_{kind}.csv"},
     "compare": {"csv": "similarity_{kind}.csv", "plot": "similarity_{kind}.png"},
     "cluster": {
         "centroids": "clusters_{kind}_centroids.png",
@@ -57,7 +57,8 @@ def define_flags(flag_values):
     flags.DEFINE_enum("kind", "depthwise", ANALYSIS_KINDS, "depthwise filters, or the 2-D slices of conv kernels.",
                       **fv)
     flags.DEFINE_integer("seed", 0, "Seed for sampling, the random baseline and clustering.", **fv)
-    flags.DEFINE_integer("per_row", 16, "atlas: filters shown per layer.", lower_bound=1, **fv)
+    flags.DEFINE_integer("per_layer", 32, "atlas: filters drawn per layer.", lower_bound=1, **fv)
+    flags.DEFINE_integer("per_row", 8, "atlas: filter tiles per row of a layer's block.", lower_bound=1, **fv)
     flags.DEFINE_integer("max_filters", 1024, "compare, cluster: at most this many filters per layer (sampled).",
                          lower_bound=1, **fv)
     flags.DEFINE_integer("k", 8, "cluster: number of filter types.", **fv)
@@ -87,7 +88,8 @@ def run(
     kind="depthwise",
     seed=0,
     overwrite=False,
-    per_row=16,
+    per_layer=32,
+    per_row=8,
     max_filters=1024,
     k=8,
     method="kmeans",
@@ -104,13 +106,21 @@ def run(
         raise ValueError(f"compare needs exactly two models, got {len(models)}")
     if command == "cluster" and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
         raise ValueError(f"k={k!r} must be a positive integer")
+    if command == "atlas":
+        for name, value in (("per_layer", per_layer), ("per_row", per_row)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
     if not 0 <= max_distance <= 2:
         raise ValueError(f"max_distance={max_distance!r} must be in [0, 2] (distance between unit vectors)")
     paths = _output_paths(command, out_dir, kind, overwrite)
     keras.utils.set_random_seed(seed)  # random-init models (registry and keras: names) are reproducible
-    loaded = [(src.label, src.model) for src in map(load_source, models)]
+    sources = [load_source(spec) for spec in models]
+    loaded = [(src.label, src.model) for src in sources]
     if command == "atlas":
-        plot_atlas(atlas_rows(loaded, per_row, kind, seed), kind, paths["atlas"])
+        blocks = atlas_rows(loaded, per_layer, per_row, kind, seed)
+        title = f"{kind} filters of the first, middle and last layers, {per_layer} drawn per layer (seed {seed})"
+        plot_atlas(blocks, paths["atlas"], title, [src.describe() for src in sources])
+        write_atlas_csv(blocks, paths["csv"])
     elif command == "compare":
         (label_a, model_a), (label_b, model_b) = loaded
         rows = compare_models(model_a, model_b, kind, max_filters, seed)
@@ -154,6 +164,7 @@ def main(argv):
             kind=fv.kind,
             seed=fv.seed,
             overwrite=fv.overwrite,
+            per_layer=fv.per_layer,
             per_row=fv.per_row,
             max_filters=fv.max_filters,
             k=fv.k,

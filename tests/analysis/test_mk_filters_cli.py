@@ -3,11 +3,14 @@
 import csv
 import json
 
+import keras
 import numpy as np
 import pytest
 from analysis_helpers import plant_model, tiny, tiny_conv
 
+import mk_keras
 from mk_keras.cli.filters import main, run
+from mk_keras.sources import load_source
 
 
 @pytest.fixture
@@ -60,14 +63,40 @@ def test_compare_conv_filters(tmp_path):
     assert paths["csv"].endswith("similarity_conv.csv")
 
 
-def test_atlas_of_a_run_directory_and_a_keras_application(tmp_path, planted_file, capsys):
+def test_atlas_of_a_run_directory_and_a_model_file(tmp_path, planted_file, capsys):
     (tmp_path / "run1").mkdir()
     tiny().save(tmp_path / "run1" / "model.keras")
-    argv = ["mk-filters", "atlas", str(tmp_path / "run1"), "keras:MobileNetV3Small", f"--out_dir={tmp_path}"]
-    assert main(argv + ["--per_row=8"]) == 0
+    argv = ["mk-filters", "atlas", str(tmp_path / "run1"), planted_file, f"--out_dir={tmp_path}"]
+    assert main(argv + ["--per_layer=4", "--per_row=2"]) == 0
     assert (tmp_path / "atlas_depthwise.png").read_bytes()[:4] == b"\x89PNG"
+    with open(tmp_path / "atlas_depthwise.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["model"] for r in rows] == ["run1"] * 12 + ["planted"] * 12
+    assert {(r["tile_row"], r["tile_col"]) for r in rows} == {("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")}
     _one_line_error(capsys, main(argv), "exists; pass --overwrite")
     assert main(argv + ["--overwrite"]) == 0
+
+
+def test_atlas_of_two_registry_models_draws_first_middle_last_layers(tmp_path):
+    paths = run("atlas", ["convnext_atto_cifar", "mobilenetv2_cifar"], str(tmp_path), per_layer=5, per_row=3, seed=4)
+    assert sorted(paths) == ["atlas", "csv"] and open(paths["atlas"], "rb").read(4) == b"\x89PNG"
+    with open(paths["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    keras.utils.set_random_seed(4)  # run() builds random-init models after this, in argument order
+    models = {name: load_source(name).model for name in ("convnext_atto_cifar", "mobilenetv2_cifar")}
+    for name, model in models.items():
+        layers = mk_keras.filter_layers(model, "depthwise")
+        picks = [0, (len(layers) - 1) // 2, len(layers) - 1]
+        mine = [r for r in rows if r["model"] == name]
+        assert len(mine) == 15
+        assert [int(r["layer_index"]) for r in mine] == [i for i in picks for _ in range(5)]
+        assert [r["layer"] for r in mine] == [layers[i].name for i in picks for _ in range(5)]
+        for r in mine:
+            kernel = keras.ops.convert_to_numpy(layers[int(r["layer_index"])].kernel)
+            assert r["kernel"] == f"{kernel.shape[0]}x{kernel.shape[1]}"
+            assert float(r["max_abs"]) == pytest.approx(np.abs(kernel[:, :, int(r["channel"]), 0]).max(), rel=1e-5)
+    assert {m: len([r for r in rows if r["model"] == m and r["tile_row"] == "1"]) for m in models} == {
+        m: 6 for m in models}  # 5 tiles per layer, 3 per row: 2 in the second row of each of the 3 layers
 
 
 @pytest.mark.parametrize(
@@ -81,6 +110,9 @@ def test_atlas_of_a_run_directory_and_a_keras_application(tmp_path, planted_file
         (["plot", "{planted}"], "unknown command 'plot'"),
         ([], "missing command"),
         (["atlas", "{planted}", "--kind=sideways"], "--kind"),
+        (["atlas", "{planted}", "--per_row=0"], "--per_row"),
+        (["atlas", "{planted}", "--per_layer=-3"], "--per_layer"),
+        (["atlas", "convnext_atoo_cifar"], "unknown model spec 'convnext_atoo_cifar'"),
     ],
 )
 def test_bad_inputs_give_one_line_errors(tmp_path, planted_file, capsys, args, pattern):
