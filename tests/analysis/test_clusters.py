@@ -4,11 +4,14 @@ from analysis_helpers import plant_model, planted, tiny
 from sklearn.metrics import adjusted_rand_score
 
 from mk_keras.analysis import master_keys
+from mk_keras.analysis.kernels import normalize_filters
 from mk_keras.analysis.clusters import cluster_filters, layer_proportions, pool_filters
 
 pytestmark = pytest.mark.backend_agnostic
 
-PATTERNS = [0, 1, 3, 7]  # gaussian, dx, one-sided +x, centre-surround
+# F1 (forward dy), F5 (central dx), F6 (central dy), F8 (Gaussian): |cos| <= 0.60 once centred, as the
+# clustering sees them (the published keys are close to each other: F7-F8 0.96)
+PATTERNS = [0, 4, 5, 7]
 
 
 def _planted(n=240, noise=0.03, seed=0):
@@ -19,7 +22,7 @@ def _planted(n=240, noise=0.03, seed=0):
 
 def _check_recovered(result, truth):
     assert adjusted_rand_score(truth, result.labels) == 1.0
-    keys = master_keys(7).reshape(8, -1)
+    keys = normalize_filters(master_keys(7))[0]
     cos = np.abs(result.centroids.reshape(len(PATTERNS), -1) @ keys[PATTERNS].T)
     assert (cos.max(axis=1) > 0.99).all()
     assert sorted(cos.argmax(axis=1)) == [0, 1, 2, 3]
