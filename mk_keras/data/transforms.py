@@ -209,17 +209,22 @@ RANDAUGMENT_OPS = (
 )
 
 
+@tf.function(reduce_retracing=True)
+def _rand_augment_op(x, seed, magnitude, magnitude_std, prob):
+    """One RandAugment step (a function: traced once per image shape, called `num_ops` times)."""
+    u = _uniform(seed, [2])
+    op = tf.random.stateless_uniform([], seed=_sub(seed, 1), maxval=len(RANDAUGMENT_OPS), dtype=tf.int32)
+    m = tf.clip_by_value(magnitude + magnitude_std * tf.random.stateless_normal([], seed=_sub(seed, 2)), 0.0, 10.0)
+    sign = tf.where(u[1] < 0.5, -1.0, 1.0)
+    branches = [lambda f=f: tf.ensure_shape(f(x, m, sign), x.shape) for _, f in RANDAUGMENT_OPS]
+    return tf.cond(u[0] < prob, lambda: tf.switch_case(op, branches), lambda: x)
+
+
 def rand_augment(x, seed, num_ops=2, magnitude=9.0, magnitude_std=0.5, prob=0.5):
     """timm RandAugment on one image: `num_ops` ops drawn with replacement from `RANDAUGMENT_OPS`, each applied
     with probability `prob` at magnitude N(magnitude, magnitude_std) clipped to [0, 10] with a random sign."""
     for i in range(num_ops):
-        s = _sub(seed, i)
-        u = _uniform(s, [2])
-        op = tf.random.stateless_uniform([], seed=_sub(s, 1), maxval=len(RANDAUGMENT_OPS), dtype=tf.int32)
-        m = tf.clip_by_value(magnitude + magnitude_std * tf.random.stateless_normal([], seed=_sub(s, 2)), 0.0, 10.0)
-        sign = tf.where(u[1] < 0.5, -1.0, 1.0)
-        branches = [lambda f=f: f(x, m, sign) for _, f in RANDAUGMENT_OPS]
-        x = tf.cond(u[0] < prob, lambda: tf.ensure_shape(tf.switch_case(op, branches), x.shape), lambda: x)
+        x = _rand_augment_op(x, _sub(seed, i), float(magnitude), float(magnitude_std), float(prob))
     return x
 
 

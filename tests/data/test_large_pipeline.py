@@ -150,3 +150,19 @@ def test_bad_arguments_raise_one_line(loaded, kw, match):
     with pytest.raises(ValueError, match=match) as err:
         _pipe(loaded, **kw)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.long
+def test_benchmark_quick_prints_the_comparison(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    script = __file__.replace("tests/data/test_large_pipeline.py", "benchmarks/input_pipeline.py")
+    out = subprocess.run([sys.executable, script, "--quick", "--data", str(tmp_path)], capture_output=True,
+                         text=True, check=True).stdout
+    result = json.loads(out[out.index("{"):])
+    assert set(result["throughput"]) == {"mk", "torchvision:timm", "torchvision:torchvision"}
+    assert all(v["images_per_s"] > 0 for v in result["throughput"].values())
+    assert set(result["mk_peak_rss_streamed_by_dataset_size"]) == {"32", "64"}
+    assert result["folder"]["images"] == 64
