@@ -125,6 +125,16 @@ def test_loading_draws_from_the_seeded_random_stream(tmp_path):
          "registry name (close registry names: convnext_micro_cifar"),
         (lambda p: "keras:NoSuchNet", ValueError, "unknown keras.applications model 'NoSuchNet'"),
         (lambda p: 3, ValueError, "model spec 3 must be a keras.Model, a path"),
+        (lambda p: "keras:MobileNetV2:weights.h5", ValueError,
+         "weights 'weights.h5' in 'keras:MobileNetV2:weights.h5': allowed 'imagenet' or a .weights.h5 file"),
+        (lambda p: f"keras:MobileNetV2:{p}/none.weights.h5", FileNotFoundError,
+         "weights file '{p}/none.weights.h5' in 'keras:MobileNetV2:{p}/none.weights.h5' does not exist"),
+        (lambda p: f"convnext_tny:{p}/x.pth", ValueError,
+         "unknown model 'convnext_tny' in checkpoint spec 'convnext_tny:{p}/x.pth' (close registry names: "
+         "convnext_tiny"),
+        (lambda p: f"convnext_tiny:{p}/x.safetensors", FileNotFoundError, "checkpoint '{p}/x.safetensors' in"),
+        (lambda p: f"{p}/x.pth", ValueError, "'{p}/x.pth' is a PyTorch checkpoint without its model; write "
+         "<registry model>:{p}/x.pth"),
     ],
 )
 def test_bad_specs_raise_one_line(tmp_path, make, error, message):
@@ -133,3 +143,57 @@ def test_bad_specs_raise_one_line(tmp_path, make, error, message):
         load_source(spec if isinstance(spec, (str, int)) else str(spec))
     text = str(info.value)
     assert message.format(p=tmp_path) in text and "\n" not in text and len(text) < 500
+
+
+def test_keras_application_with_a_local_weights_file(tmp_path):
+    app = keras.applications.MobileNetV2(weights=None, classes=4)
+    app.save_weights(tmp_path / "mnv2.weights.h5")
+    spec = f"keras:MobileNetV2:{tmp_path}/mnv2.weights.h5"
+    src = load_source(spec, num_classes=4, kinds=TRAINED_KINDS)
+    assert (src.kind, src.path) == ("keras_weights", f"{tmp_path}/mnv2.weights.h5")
+    assert src.sha256 == hashlib.sha256((tmp_path / "mnv2.weights.h5").read_bytes()).hexdigest()
+    for a, b in zip(src.model.weights, app.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_imagenet_download_failure_is_one_line(monkeypatch):
+    from keras.src.utils import file_utils
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3] no network")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(ValueError) as info:
+        load_source("keras:MobileNetV2:imagenet")
+    text = str(info.value)
+    assert text.startswith("keras.applications.MobileNetV2: cannot download the ImageNet weights (Exception: URL "
+                           "fetch failure") and "\n" not in text
+
+
+def test_imagenet_weights_record_the_file_keras_fetched(tmp_path, monkeypatch):
+    """The hash is that of the file Keras' get_file returned (here a local stand-in, nothing is downloaded)."""
+    from keras.src.utils import file_utils
+
+    app = keras.applications.MobileNetV2(weights=None)
+    app.save_weights(tmp_path / "mnv2.weights.h5")
+    monkeypatch.setattr(file_utils, "get_file", lambda *a, **k: str(tmp_path / "mnv2.weights.h5"))
+    src = load_source("keras:MobileNetV2:imagenet", kinds=TRAINED_KINDS)
+    assert (src.kind, src.path) == ("keras_weights", str(tmp_path / "mnv2.weights.h5"))
+    assert src.sha256 == hashlib.sha256((tmp_path / "mnv2.weights.h5").read_bytes()).hexdigest()
+
+
+def test_checkpoint_spec_is_a_trained_source(tmp_path):
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    state = timm.create_model("convnext_atto", pretrained=False, num_classes=3).state_dict()
+    torch.save(state, tmp_path / "atto.pt")
+    src = load_source(f"convnext_atto:{tmp_path}/atto.pt", kinds=TRAINED_KINDS)
+    assert (src.kind, src.model.name, src.model.output_shape[-1]) == ("checkpoint", "convnext_atto", 3)
+    assert src.sha256 == hashlib.sha256((tmp_path / "atto.pt").read_bytes()).hexdigest()
+    assert src.to_dict()["path"] == f"{tmp_path}/atto.pt"
+    np.testing.assert_array_equal(src.model.get_layer("stem_conv").kernel.numpy(),
+                                  np.transpose(state["stem.0.weight"].numpy(), (2, 3, 1, 0)))
+    with pytest.raises(ValueError, match="does not match"):
+        load_source(f"convnext_femto:{tmp_path}/atto.pt")

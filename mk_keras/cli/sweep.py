@@ -4,6 +4,7 @@
     mk-sweep --flagfile=flags/paper/imagenet_resnet.flags --num_shards=8 --shard_index=$SLURM_ARRAY_TASK_ID
     mk-sweep --output_dir=runs/quickstart --merge_only              # rebuild results/report from result files
     mk-sweep --flagfile=flags/quickstart.flags --dry_run            # print the planned runs
+    mk-sweep --flagfile=flags/paper/cross_domain_imagenet_food101.flags   # base A: keras:ConvNeXtTiny:imagenet
 
 Rerunning a command resumes it: finished runs are skipped, an interrupted one resumes from its checkpoint.
 A rerun with more seeds, models, depths, source sizes or treatments adds their runs; sweep.json and the tables
@@ -60,6 +61,10 @@ def define_flags(fv):
                   flag_values=fv)
     d.DEFINE_enum("cross_channel_map", "auto", [*CHANNEL_MAPS, "none"], "Channel mapping for 'cross'.",
                   flag_values=fv)
+    d.DEFINE_list("base_a_source", [], "External base A instead of a trained baseA run, one for all models or one "
+                  "per model (train: the sweep trains that model's baseA): a PyTorch checkpoint "
+                  "<model>:<PATH>.pth|.pt|.bin|.safetensors, keras:<Application>:imagenet|PATH.weights.h5, a .keras "
+                  "file or a run directory of that model (docs/pretrained.md).", flag_values=fv)
     d.DEFINE_integer("shard_index", 0, "This process's shard (0..num_shards-1), e.g. $SLURM_ARRAY_TASK_ID.",
                      lower_bound=0, flag_values=fv)
     d.DEFINE_integer("num_shards", 1, "Number of shards sharing --output_dir.", lower_bound=1, flag_values=fv)
@@ -70,7 +75,7 @@ def define_flags(fv):
                    "killed on another machine) is taken over.", lower_bound=1.0, flag_values=fv)
     names = ["name", "output_dir", "dataset_a", "classes_a", "dataset_b", "classes_b", "models", "kinds", "depths",
              "treatments", "seeds", "source_sizes", "cross_source", "cross_kernel_map", "cross_channel_map",
-             "shard_index", "num_shards", "merge_only", "dry_run", "lock_stale_s"]
+             "base_a_source", "shard_index", "num_shards", "merge_only", "dry_run", "lock_stale_s"]
     return names, common.define_training_flags(fv, exclude=_PER_RUN)
 
 
@@ -93,7 +98,8 @@ def config_from_flags(fv, training_names):
         classes_b=common.parse_classes(fv.classes_b), models=fv.models, kinds=fv.kinds, depths=fv.depths,
         treatments=fv.treatments, seeds=_ints(fv.seeds, "seeds"), source_sizes=_ints(fv.source_sizes, "source_sizes"),
         cross_source=fv.cross_source, cross_kernel_map=None if fv.cross_kernel_map == "none" else fv.cross_kernel_map,
-        cross_channel_map=None if fv.cross_channel_map == "none" else fv.cross_channel_map, train_args=train_args,
+        cross_channel_map=None if fv.cross_channel_map == "none" else fv.cross_channel_map,
+        base_a_source=fv.base_a_source, train_args=train_args,
     )
 
 
@@ -115,6 +121,8 @@ def run(config, output_dir, shard_index=0, num_shards=1, merge_only=False, dry_r
         the_plan = plan(config)
         for i, r in enumerate(the_plan.runs):
             log(f"{i:4d} shard {i % num_shards}  {r.run_id}" + (f"  <- {r.source}" if r.source else ""))
+        for model, spec in the_plan.external_sources().items():
+            log(f"base A of {model}: {spec} (converted into <output_dir>/sources/{model}.keras, not trained)")
         log(f"{PROG}: {len(the_plan.runs)} runs planned for {config.name!r} (nothing trained)")
         return the_plan
     return run_sweep(config, output_dir, shard_index=shard_index, num_shards=num_shards, train_fn=train_fn,

@@ -5,7 +5,7 @@ confidence intervals (`mk_keras.experiments.stats`), the figures, and a summary 
 import json
 import os
 
-from mk_keras.experiments import plots, results
+from mk_keras.experiments import external, plots, results
 from mk_keras.experiments.treatments import TREATMENTS
 
 # Spec keys that are not training settings (paths, logging, resumption) or that differ per run by design
@@ -213,6 +213,25 @@ def _paired_section(paired, arms):
     return out
 
 
+def _external_lines(output_dir, definition):
+    """One line per model whose base A is an external source: its spec, the sha256 of the source file and of
+    the `.keras` file the runs copied from."""
+    config = definition["config"]
+    out = []
+    for model, spec in external.external_sources(config["models"], config.get("base_a_source")).items():
+        record = external.read_record(output_dir, model)
+        if record is None or record.get("spec") != spec:
+            out.append(f"- **Base A of {model} (external source, not trained here):** `{spec}` (not converted yet)")
+            continue
+        digest = f"sha256 `{record['sha256']}`" if record.get("sha256") else "no file hash"
+        what = "weights digest of the converted model" if record.get("kind") == "keras_weights" and not \
+            record.get("path") else f"source file `{record.get('path')}`"
+        out.append(f"- **Base A of {model} (external source, not trained here):** `{spec}` ({what}, {digest}); "
+                   f"converted into `{record['keras_file']}` (sha256 `{record['keras_sha256']}`), which the "
+                   "transfers from A copy from")
+    return out
+
+
 def render(output_dir, definition, rows, summary, paired, figures):
     """The markdown text of report.md."""
     config, arms, planned = definition["config"], definition["arms"], definition["runs"]
@@ -239,6 +258,7 @@ def render(output_dir, definition, rows, summary, paired, figures):
         "- **Models:** " + "; ".join(f"{a['model']} ({a['kind']} filters, {a['layers']} layers; n = "
                                      f"{', '.join(map(str, a['depths']))})" for a in arms),
     ]
+    out += _external_lines(output_dir, definition)
     if config.get("cross_source"):
         out.append(f"- **Cross-architecture source:** {config['cross_source']} (kernel_map="
                    f"{config['cross_kernel_map']}, channel_map={config['cross_channel_map']})")

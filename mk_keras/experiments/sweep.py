@@ -19,6 +19,12 @@ union of every run planned in the directory, so results of earlier invocations s
 that change what a run computes (data, training arguments, name, Keras backend, the cross source of existing
 cross runs) must be the same.
 
+External base A: `base_a_source` gives a model a pretrained or trained source instead of a baseA run (a
+`mk_keras.sources` spec: a PyTorch checkpoint `convnext_tiny:/ckpt/x.pth`, `keras:ConvNeXtTiny:imagenet`, a
+`.keras` file or a run directory of that model). It is converted once into `sources/<model>.keras` (with
+`sources/<model>.json`: spec, sha256 of the source file, sha256 of the converted file), and the transfers from
+A copy from it; no baseA run is trained for that model.
+
 Sharding: run i of the plan (bases included) belongs to shard `i % num_shards`. A transfer run needs its
 source base finished first: if the base has no result yet, the shard trains it itself under the base's lock,
 or waits while another process holds that lock. Every run is trained under its lock file
@@ -31,11 +37,15 @@ import functools
 import json
 import os
 import time
+import zipfile
 
 import keras
 import numpy as np
 
+from mk_keras import sources
 from mk_keras.experiments import locks, results
+from mk_keras.experiments.external import EXTERNAL, TRAIN_BASE_A, external_path, read_record, record_path
+from mk_keras.experiments.external import external_sources as _external_sources
 from mk_keras.experiments.treatments import BASES, TREATMENTS
 from mk_keras.filters import FILTER_KINDS
 from mk_keras.models import create_model, model_family
@@ -49,6 +59,8 @@ PER_RUN_ARGS = ("model", "dataset", "classes", "run_dir", "seed", "init_seed", "
                 "overwrite", "flags_text")
 # `train_args` that do not change what a run computes: may differ when a sweep is resumed.
 _UNCOMPARED_TRAIN_ARGS = ("verbose", "checkpoint_every")
+# source kinds an external base A may be (`mk_keras.sources.KINDS`)
+EXTERNAL_KINDS = ("run_dir", "keras_file", *sources.PRETRAINED_KINDS)
 
 
 @dataclasses.dataclass
@@ -71,6 +83,8 @@ class SweepConfig:
         run copying from A are repeated per size; empty: A uses `train_args["max_per_class"]`.
       cross_source: model whose baseA feeds the "cross" treatment (a different architecture).
       cross_kernel_map, cross_channel_map: `transfer_filters` kernel_map / channel_map for "cross".
+      base_a_source: external base A per model (`mk_keras.sources` specs of `EXTERNAL_KINDS`, or "train": the
+        sweep trains baseA); one entry for all models or one per model; empty: every baseA is trained.
       train_args: keyword arguments of `mk_keras.training.train` shared by every run (epochs, batch_size,
         lr, max_per_class, steps_per_epoch, ...), except `PER_RUN_ARGS`.
     """
@@ -89,6 +103,7 @@ class SweepConfig:
     cross_source: str | None = None
     cross_kernel_map: str | None = "auto"
     cross_channel_map: str | None = "auto"
+    base_a_source: list = dataclasses.field(default_factory=list)
     train_args: dict = dataclasses.field(default_factory=dict)
 
     def data(self, side):
@@ -101,7 +116,7 @@ class SweepConfig:
         """The part of the definition that changes what every run computes or how it is reported (compared
         on resume; the cross-source fields are compared by `merge_plans` when both plans have cross runs)."""
         out = {k: v for k, v in dataclasses.asdict(self).items()
-               if k in ("name", "dataset_a", "classes_a", "dataset_b", "classes_b")}
+               if k in ("name", "dataset_a", "classes_a", "dataset_b", "classes_b", "base_a_source")}
         out["dataset_b"] = self.dataset_b or self.dataset_a
         out["train_args"] = {k: v for k, v in self.train_args.items() if k not in _UNCOMPARED_TRAIN_ARGS}
         return _jsonable(out)
@@ -146,6 +161,10 @@ class Plan:
     def settings(self):
         """`SweepConfig.settings` plus the backend: what a rerun into the same directory must keep."""
         return {**self.config.settings(), "backend": self.backend}
+
+    def external_sources(self):
+        """{model: spec} of the models whose base A is an external source."""
+        return external_sources(self.config)
 
     def to_json(self):
         return _jsonable({"config": dataclasses.asdict(self.config), "backend": self.backend,
@@ -204,6 +223,64 @@ def resolve_depths(tokens, layers, what):
     return tuple(sorted(out))
 
 
+def external_sources(config):
+    """{model: spec} of the models whose base A is an external source (`SweepConfig.base_a_source`)."""
+    return _external_sources(config.models, config.base_a_source)
+
+
+def external_model(spec):
+    """The registered model an external base A spec converts into, when the spec names it (checkpoints, and
+    keras.applications names the converters map); None for run directories and `.keras` files (known when
+    loaded). Checks that the spec's files exist; loads and downloads nothing."""
+    kind = sources.spec_kind(spec)
+    if kind not in EXTERNAL_KINDS:
+        raise ValueError(f"base_a_source {spec!r} is a {sources.KINDS[kind]}; allowed: "
+                         f"{', '.join(sources.KINDS[k] for k in EXTERNAL_KINDS)}")
+    if kind == "checkpoint":
+        return sources.checkpoint_spec(spec)[0]
+    if kind == "keras_weights":
+        from mk_keras.convert import application_models
+
+        name, known = sources.keras_spec(spec)[0], application_models()
+        if name not in known:
+            raise ValueError(f"base_a_source {spec!r}: no mk_keras model is known for keras.applications.{name} "
+                             f"(known: {', '.join(sorted(known)) or 'none'})")
+        return known[name]
+    path = sources.spec_file(spec)
+    try:
+        with zipfile.ZipFile(path) as z:
+            return json.loads(z.read("config.json"))["config"]["name"]
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
+        raise ValueError(f"base_a_source {spec!r}: {path!r} is not a readable .keras file ({type(e).__name__})") \
+            from None
+
+
+def _check_external(config):
+    specs = config.base_a_source
+    if len(specs) not in (0, 1, len(config.models)):
+        raise ValueError(f"base_a_source has {len(specs)} entries for {len(config.models)} models; give one for all "
+                         f"models or one per model ({TRAIN_BASE_A!r}: the sweep trains that model's baseA)")
+    per_model = {}
+    for model, spec in zip(config.models, specs * len(config.models) if len(specs) == 1 else specs):
+        if per_model.setdefault(model, spec) != spec:
+            raise ValueError(f"base_a_source gives model {model!r} two sources ({per_model[model]!r}, {spec!r}); "
+                             "a model has one base A")
+    external = external_sources(config)
+    for model, spec in external.items():
+        named = external_model(spec)
+        if named is not None and named != model:
+            raise ValueError(f"base_a_source {spec!r} is a {named!r} model, not {model!r}; give one source per "
+                             f"model ({TRAIN_BASE_A!r} for a baseA the sweep trains)")
+    if not external:
+        return
+    if config.source_sizes:
+        raise ValueError("source_sizes vary the size of a trained base A; they do not apply to base_a_source "
+                         f"{next(iter(external.values()))!r} (use one or the other)")
+    if "baseA" in config.treatments and all(m in external for m in config.models) and not config.cross_source:
+        raise ValueError("treatment 'baseA' has nothing to train: every model's base A is a base_a_source; remove "
+                         "baseA from the treatments")
+
+
 def _check_config(config):
     """Checks of names and lists; the layer-count checks happen in `plan`."""
     for field in ("models", "kinds", "depths", "treatments", "seeds"):
@@ -234,12 +311,15 @@ def _check_config(config):
     per_run = sorted(set(config.train_args) & set(PER_RUN_ARGS))
     if per_run:
         raise ValueError(f"train_args sets {per_run[0]!r}, which the sweep sets per run; remove it")
+    _check_external(config)
+    external = external_sources(config)
     chosen = set(config.treatments)
     for name in config.treatments:
         t = TREATMENTS[name]
         if t.is_base:
             continue
-        needed = [BASES[t.source]] if t.source else []
+        needed = [BASES[t.source]] if t.source and not (t.source == "A" and set(config.models) <= set(external)) \
+            else []
         if t.data == "B":
             needed.append("baseB")
         for base in needed:
@@ -281,7 +361,9 @@ def plan(config):
     transfer runs. Raises ValueError (one line) for bad definitions, before anything trains.
     """
     lists = {f: _as_list(getattr(config, f), f) for f in ("models", "kinds", "depths", "treatments", "seeds",
-                                                          "source_sizes")}
+                                                          "source_sizes", "base_a_source")}
+    if all(spec == TRAIN_BASE_A for spec in lists["base_a_source"]):
+        lists["base_a_source"] = []  # every base A trained: the default
     config = dataclasses.replace(config, **lists, train_args=dict(config.train_args or {}))
     _check_config(config)
     config.seeds = [int(s) for s in config.seeds]
@@ -315,13 +397,14 @@ def plan(config):
 
     sizes = config.source_sizes or [None]
     transfers = [TREATMENTS[t] for t in dict.fromkeys(config.treatments) if not TREATMENTS[t].is_base]
+    external = external_sources(config)
     runs = []
     for seed in config.seeds:
         base_models = list(dict.fromkeys(a.model for a in arms))
         if config.cross_source:
             base_models.append(config.cross_source)
         for model in base_models:
-            if "baseA" in config.treatments:
+            if "baseA" in config.treatments and model not in external:
                 runs += [Run(_run_id(model, "baseA", seed, size=s), model, "baseA", seed, source_size=s) for s in sizes]
             if "baseB" in config.treatments and model in config.models:
                 runs.append(Run(_run_id(model, "baseB", seed), model, "baseB", seed))
@@ -332,6 +415,8 @@ def plan(config):
                 for size in sizes if t.source in ("A", "cross") else [None]:
                     source_model = config.cross_source if t.source == "cross" else arm.model
                     source = _run_id(source_model, BASES[t.source], seed, size=size) if t.source else None
+                    if t.source == "A" and arm.model in external:
+                        source = EXTERNAL + arm.model
                     for n in arm.cross_depths if t.source == "cross" else arm.depths:
                         train_n = arm.layers - n + 1 if t.order == "last" else n
                         runs.append(Run(_run_id(arm.model, t.name, seed, arm.kind, n, size), arm.model, t.name, seed,
@@ -368,6 +453,13 @@ def _check_transfers(config, runs):
             keras.backend.clear_session()
 
 
+def _source_path(output_dir, source):
+    """Where a run's `source` (a base's run_id, or `EXTERNAL` + model) is read from."""
+    if source.startswith(EXTERNAL):
+        return external_path(output_dir, source[len(EXTERNAL):])
+    return results.run_dir(output_dir, source)
+
+
 def train_kwargs(run, config, output_dir):
     """The keyword arguments of `train` for `run` (`train_args`' `master_key_method` reaches master-key runs only)."""
     t = TREATMENTS[run.treatment]
@@ -381,11 +473,11 @@ def train_kwargs(run, config, output_dir):
         if t.master_keys:
             kwargs["source"] = MASTER_KEYS
             if run.source:
-                kwargs["master_key_reference"] = results.run_dir(output_dir, run.source)
+                kwargs["master_key_reference"] = _source_path(output_dir, run.source)
         elif t.control == "delta":
             kwargs["source"] = DELTA
         elif run.source:
-            kwargs["source"] = results.run_dir(output_dir, run.source)
+            kwargs["source"] = _source_path(output_dir, run.source)
         if t.control == "shuffle":
             kwargs["kernel_transform"] = "shuffle"
         if t.source == "cross":
@@ -499,6 +591,7 @@ class _Runner:
         self.plan, self.out, self.train_fn = the_plan, output_dir, train_fn
         self.flags_text, self.log, self.poll_s, self.stale = flags_text, log, poll_s, lock_stale_s
         self.by_id = {r.run_id: r for r in the_plan.runs}
+        self.checked = {}  # model -> record of its external base A, checked by this process
 
     def _line(self, label, run, row, note="", secs=None):
         if row["status"] == "finished":
@@ -521,7 +614,9 @@ class _Runner:
             if not quiet_if_done:
                 self._line(label, run, row, "  (done earlier)")
             return row
-        if run.source:
+        if run.source and run.source.startswith(EXTERNAL):
+            self.external(run.source[len(EXTERNAL):])
+        elif run.source:
             source = self.ensure(self.by_id[run.source], f"source of {run.run_id}", quiet_if_done=True)
             if source["status"] != "finished":
                 row = results.make_row(self.plan.config, run, {"status": "failed",
@@ -550,6 +645,41 @@ class _Runner:
                     self.log(f"[{label}] {describe(run)}  waiting: locked by {locks.holder(path)}")
                     waiting = True
                 time.sleep(self.poll_s)
+
+    def external(self, model):
+        """The record of `model`'s external base A: converted into `sources/<model>.keras` under its lock unless
+        an earlier process did; the source file (when it has one before loading) and the converted file must
+        still have the recorded sha256."""
+        if model in self.checked:
+            return self.checked[model]
+        spec = external_sources(self.plan.config)[model]
+        path = external_path(self.out, model)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with locks.hold(results.lock_path(self.out, f"source-{model}"), self.poll_s, self.stale):
+            record = read_record(self.out, model)
+            if record is not None and record["spec"] == spec and os.path.isfile(path):
+                source_file = sources.spec_file(spec)
+                for what, file, digest in (("source file", source_file, record["sha256"]),
+                                           ("converted file", path, record["keras_sha256"])):
+                    if file is not None and sources.file_sha256(file) != digest:
+                        raise ValueError(f"base A of {model}: the {what} {file!r} changed since the sweep converted "
+                                         f"{spec!r} (sha256 {digest[:12]}... recorded); use another output directory")
+                self.checked[model] = record
+                return record
+            start = time.time()
+            loaded = sources.load_converted(spec, model)
+            tmp = f"{path}.{os.getpid()}.tmp.keras"
+            loaded.model.save(tmp)
+            os.replace(tmp, path)
+            record = {"spec": spec, "kind": loaded.kind, "model": model, "path": loaded.path,
+                      "sha256": loaded.sha256, "keras_file": os.path.relpath(path, self.out),
+                      "keras_sha256": sources.file_sha256(path), "parameters": loaded.model.count_params()}
+            results.atomic_write_json(record_path(self.out, model), record)
+            keras.backend.clear_session()
+        self.log(f"[source] base A of {model}: {spec} (sha256 {(record['sha256'] or 'none')[:12]}...) -> "
+                 f"{record['keras_file']}  {time.time() - start:.0f} s")
+        self.checked[model] = record
+        return record
 
     def _train(self, run):
         kwargs = train_kwargs(run, self.plan.config, self.out)

@@ -261,3 +261,61 @@ def test_output_directory_below_a_regular_file_exits_2(prog, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and err.startswith(f"{prog}: error: ") and "Traceback" not in err
     assert str(blocker) in err
     assert blocker.read_text() == "keep me"
+
+
+@pytest.fixture(scope="module")
+def atto_checkpoint(tmp_path_factory):
+    """A random timm convnext_atto (3 classes) saved as a .safetensors state dict."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    state = timm.create_model("convnext_atto", pretrained=False, num_classes=3).state_dict()
+    path = tmp_path_factory.mktemp("ckpt") / "atto.safetensors"
+    save_file(state, str(path))
+    return path, {k: v.numpy() for k, v in state.items()}
+
+
+def test_mk_convert_writes_a_keras_file_mk_transfer_can_read(atto_checkpoint, tmp_path):
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    path, state = atto_checkpoint
+    out = tmp_path / "models" / "atto.keras"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-m", "mk_keras.cli.convert", f"--source=convnext_atto:{path}",
+                           f"--out={out}"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    count = sum(v.size for v in state.values())  # the reference model's parameters (ConvNeXt has no buffers)
+    assert proc.stdout == (f"mk-convert: convnext_atto:{path} (sha256 {digest}) -> {out}: convnext_atto, {count:,} "
+                           "parameters, 3 classes\n")
+    model = keras.saving.load_model(out, compile=False)
+    np.testing.assert_array_equal(model.get_layer("stage3_block1_dwconv").kernel.numpy(),
+                                  np.transpose(state["stages.2.blocks.0.conv_dw.weight"], (2, 3, 0, 1)))
+    assert transfer.source_model_name(str(out)) == "convnext_atto"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--source=convnext_atto", "--out={tmp}/a.keras"], "is a registry model (random init); allowed: keras:"),
+    (["--source=convnext_femto:{ckpt}", "--out={tmp}/a.keras"], "-> convnext_femto does not match: stem.0.weight has shape"),
+    (["--source=convnext_atto:{ckpt}", "--model=resnet18", "--out={tmp}/a.keras"], "names model 'convnext_atto', "
+     "not 'resnet18'"),
+    (["--source=convnext_atto:{ckpt}", "--out={tmp}/a.h5"], "--out='{tmp}/a.h5' must end with .keras"),
+    (["--source=convnext_atto:{ckpt}", "--out={tmp}/exists.keras"], "exists; pass --overwrite to replace it"),
+    (["--source=keras:ConvNeXtTiny:{tmp}/none.weights.h5", "--out={tmp}/a.keras"], "does not exist"),
+    (["--out={tmp}/a.keras"], "Flag --source must have a value other than None"),
+])
+def test_mk_convert_bad_input_exits_2_with_one_line(atto_checkpoint, args, message, tmp_path, capsys):
+    from mk_keras.cli import convert
+
+    (tmp_path / "exists.keras").write_text("keep")
+    args = [a.format(tmp=tmp_path, ckpt=atto_checkpoint[0]) for a in args]
+    assert convert.main(["mk-convert", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mk-convert: error: ") and err.count("\n") == 1
+    assert message.format(tmp=tmp_path) in err
+    assert (tmp_path / "exists.keras").read_text() == "keep" and not (tmp_path / "a.keras").exists()
