@@ -16,7 +16,7 @@ from mk_keras.sources import load_source
 @pytest.fixture
 def planted_file(tmp_path):
     model = tiny()
-    plant_model(model, [0, 0, 1, 7], noise=0.01)
+    plant_model(model, [0, 0, 4, 7], noise=0.01)  # F1, F5, F8: apart once centred (|cos| <= 0.60)
     path = tmp_path / "planted.keras"
     model.save(path)
     return str(path)
@@ -41,7 +41,7 @@ def test_cluster_from_a_flagfile_recovers_planted_types(tmp_path, planted_file):
         assert sorted(float(r[f"type_{j}"]) for j in range(3)) == [0.25, 0.25, 0.5]
     summary = json.loads((out / "clusters_depthwise_summary.json").read_text())
     assert summary["filters"] == 48 and summary["share_within"] == 1.0
-    assert [t["nearest_master_key"] for t in summary["types"]] == ["gaussian", "dx", "centre_surround"]
+    assert [t["nearest_master_key"] for t in summary["types"]] == ["F1_dy+T", "F5_dxT", "F8_T"]
     assert all(t["master_key_abs_cosine"] > 0.99 for t in summary["types"])
     for name in ("centroids", "proportions"):
         assert (out / f"clusters_depthwise_{name}.png").read_bytes()[:4] == b"\x89PNG"
