@@ -68,15 +68,28 @@ def define_flags(fv):
 
 
 def source_model_name(source):
-    """The registered architecture of `source` (a `.keras` file or a run directory), read from the archive's
-    config without building the model: TensorFlow must do no work before a multi-worker strategy exists. A
-    corrupt source still fails in one line when `train` loads it."""
+    """The registered architecture of `source` (a `.keras` file or a run directory: read from the archive's
+    config without building the model, as TensorFlow must do no work before a multi-worker strategy exists; a
+    checkpoint spec: its model; `keras:<Name>:imagenet|PATH`: the mk_keras model it converts into). A corrupt
+    source still fails in one line when `train` loads it."""
+    from mk_keras import sources
     from mk_keras.training import MASTER_KEYS
     from mk_keras.training.spec import DELTA
 
     if source in (MASTER_KEYS, DELTA):
         raise ValueError(f"--source={source} needs --model (there is no source architecture); allowed: a "
                          "registered model with depthwise layers, e.g. convnext_micro_cifar")
+    kind = sources.spec_kind(source) if ":" in source else None
+    if kind == "checkpoint":
+        return sources.checkpoint_spec(source)[0]
+    if kind == "keras_weights":
+        from mk_keras.convert import application_models
+
+        name = sources.keras_spec(source)[0]
+        if name not in application_models():
+            raise ValueError(f"--source={source}: keras.applications {name} has no mk_keras counterpart; pass "
+                             f"--model (converted applications: {', '.join(sorted(application_models()))})")
+        return application_models()[name]
     path = os.path.join(source, "model.keras") if os.path.isdir(source) else source
     if not (path.endswith(".keras") and os.path.isfile(path)):
         from mk_keras.sources import load_source

@@ -127,15 +127,18 @@ def _source_spec(value, what):
 
 
 def _source_file(value, what):
-    """The `.keras` file a source spec names (a run directory's model.keras), checked to exist. Nothing is
-    loaded yet: the target model must be built first."""
-    path = os.path.join(value, "model.keras") if os.path.isdir(value) else value
-    if os.path.isdir(value) and not os.path.isfile(path):
+    """The file a source spec's weights come from (a run directory's model.keras, a `.keras` file, a PyTorch
+    checkpoint, a `.weights.h5` file), checked to exist; None for `keras:<Name>:imagenet` (known after the
+    download). Nothing is loaded yet: the target model must be built first."""
+    from mk_keras.sources import KINDS, TRAINED_KINDS, spec_file, spec_kind
+
+    kind = spec_kind(value)
+    if kind not in TRAINED_KINDS:
+        raise ValueError(f"{what}={value!r} is a {KINDS[kind]}; allowed: a run directory, a .keras file, "
+                         "<model>:<checkpoint>.pth|.pt|.bin|.safetensors or keras:<Application>:imagenet|PATH")
+    path = spec_file(value)
+    if kind == "run_dir" and not os.path.isfile(path):
         raise FileNotFoundError(f"{what} run directory {value!r} has no model.keras (unfinished run?)")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{what} {value!r} does not exist; pass a .keras file or a run directory")
-    if not path.endswith(".keras"):
-        raise ValueError(f"{what} {value!r} is not a .keras file or a run directory")
     return path
 
 
@@ -220,7 +223,8 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
         if model is not None:  # in memory: the hash of its weights
             hashes[f"{key}_sha256"] = _weights_sha256(model.weights)
         elif value is not None and not (key == "source" and not spec.copies_filters):
-            hashes[f"{key}_sha256"] = file_sha256(_source_file(value, key))
+            path = _source_file(value, key)
+            hashes[f"{key}_sha256"] = file_sha256(path) if path else None
     spec = spec.replace(**hashes, backend=keras.backend.backend(), versions=_versions())
     sources = {"source": source_model, "reference": reference_model}
 
@@ -396,10 +400,11 @@ def _transfer(net, spec, models):
         return net, report, {"type": DELTA}
     if spec.source is not None:
         source, info = _load(spec.source, models["source"])
+        info = {**info, "sha256": spec.source_sha256 or info.get("sha256")}  # keras:<Name>:imagenet: downloaded file
         report = transfer_filters(source, net, spec.n, spec.kind, spec.order, spec.freeze, True, spec.kernel_map,
                                   spec.channel_map, spec.freeze_following_norm, spec.kernel_transform,
                                   spec.init_seed if spec.kernel_transform else None)
-        return net, report, {**info, "sha256": spec.source_sha256}
+        return net, report, info
     if spec.n:
         return net, freeze_filters(net, spec.n, spec.kind, spec.order, spec.freeze_following_norm), None
     return net, None, None
