@@ -2,7 +2,8 @@
 
 Row columns (`COLUMNS`): experiment, model, kind, treatment, n, seed, source_size (examples per class of A
 for the larger-source experiment; empty: the sweep's max_per_class), dataset (what the run trained on),
-source (run_id of the base the filters came from), top1, top5, relative_accuracy (top1 / top1 of baseB of
+source (run_id of the base the filters came from; `external:<model>` for an external base A, described in
+`sources/<model>.json`), top1, top5, relative_accuracy (top1 / top1 of baseB of
 the same model and seed; empty for baseA), trainable_params, frozen_params (weights of the frozen layers),
 epochs (completed), wall_time_s (training time `train` reports, summed over resumptions), status (finished /
 failed), error, run_id.

@@ -37,6 +37,7 @@ def test_parameter_counts_match_reference(name, expected, tolerance):
         ("resnet10_cifar", 0, 9),
         ("mobilenetv2_cifar", 17, 1),
         ("alexnet_cifar", 0, 5),
+        ("hornet_micro_cifar", 5, 4),
     ],
 )
 def test_filter_layer_counts(name, depthwise, conv):
