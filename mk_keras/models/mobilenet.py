@@ -5,12 +5,14 @@ suffixes), `head_conv`, `head_dense`. 17 depthwise layers at the standard config
 `mobilenetv2_cifar` keeps the first two strides at 1 for 28-64 px inputs.
 Initialisation as torchvision (models/mobilenetv2.py): every conv, depthwise included, `kaiming_normal_(mode=
 "fan_out")` with torch's fan-out, BatchNorm 1/0, the head normal(0, 0.01) with bias 0 (docs/models.md).
+Options for exact weight conversion (mk_keras.convert.mobilenet; defaults as above): `padding="symmetric"` and
+`bn_epsilon=1e-5` (torchvision), `preprocessing="tf"` (keras.applications), see models/conventions.py.
 """
 
 import keras
 
 from mk_keras.models.initializers import kaiming_normal_fan_out, kaiming_normal_fan_out_depthwise
-from mk_keras.models.layers import preprocessing
+from mk_keras.models.conventions import check_padding, input_preprocessing, pad_strided
 from mk_keras.models.registry import register_model
 
 # Inverted-residual settings per stage: expansion t, channels c, blocks n, first stride s.
@@ -20,7 +22,7 @@ MODEL_CONFIGS = {
         "stem_stride": 2,
     },
 }
-_BN = {"momentum": 0.9, "epsilon": 1e-3}
+_BN_MOMENTUM = 0.9
 
 
 def _make_divisible(v, divisor=8):
@@ -28,28 +30,30 @@ def _make_divisible(v, divisor=8):
     return new_v + divisor if new_v < 0.9 * v else new_v
 
 
-def _conv_bn_relu(x, filters, kernel, strides, name, relu=True):
+def _conv_bn_relu(x, filters, kernel, strides, name, relu=True, padding="same", bn_epsilon=1e-3):
+    x, conv_padding = pad_strided(x, kernel, strides, padding, name)
     x = keras.layers.Conv2D(
-        filters, kernel, strides=strides, padding="same", use_bias=False,
+        filters, kernel, strides=strides, padding=conv_padding, use_bias=False,
         kernel_initializer=kaiming_normal_fan_out(), name=name,
     )(x)
-    x = keras.layers.BatchNormalization(**_BN, name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=_BN_MOMENTUM, epsilon=bn_epsilon, name=f"{name}_bn")(x)
     return keras.layers.ReLU(6.0, name=f"{name}_relu")(x) if relu else x
 
 
-def inverted_residual(x, expansion, filters, strides, name, kernel_size=3):
+def inverted_residual(x, expansion, filters, strides, name, kernel_size=3, padding="same", bn_epsilon=1e-3):
     """Expand 1x1 -> depthwise kxk -> project 1x1, residual when shapes allow."""
     in_channels = x.shape[-1]
     shortcut = x
     if expansion != 1:
-        x = _conv_bn_relu(x, in_channels * expansion, 1, 1, f"{name}_expand")
+        x = _conv_bn_relu(x, in_channels * expansion, 1, 1, f"{name}_expand", bn_epsilon=bn_epsilon)
+    x, dw_padding = pad_strided(x, kernel_size, strides, padding, f"{name}_dwconv")
     x = keras.layers.DepthwiseConv2D(
-        kernel_size, strides=strides, padding="same", use_bias=False,
+        kernel_size, strides=strides, padding=dw_padding, use_bias=False,
         depthwise_initializer=kaiming_normal_fan_out_depthwise(), name=f"{name}_dwconv",
     )(x)
-    x = keras.layers.BatchNormalization(**_BN, name=f"{name}_dwconv_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=_BN_MOMENTUM, epsilon=bn_epsilon, name=f"{name}_dwconv_bn")(x)
     x = keras.layers.ReLU(6.0, name=f"{name}_dwconv_relu")(x)
-    x = _conv_bn_relu(x, filters, 1, 1, f"{name}_project", relu=False)
+    x = _conv_bn_relu(x, filters, 1, 1, f"{name}_project", relu=False, bn_epsilon=bn_epsilon)
     if strides == 1 and in_channels == filters:
         x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
     return x
@@ -65,20 +69,25 @@ def MobileNetV2(
     kernel_size=3,
     include_top=True,
     name="mobilenetv2",
+    padding="same",
+    bn_epsilon=1e-3,
+    preprocessing="imagenet",
 ):
     """Generic MobileNetV2 builder; `alpha` scales widths (rounded to multiples of 8)."""
+    check_padding(padding)
+    conv = {"padding": padding, "bn_epsilon": bn_epsilon}
     inputs = keras.Input(shape=input_shape, name="image")
-    x = preprocessing(inputs, input_shape[-1])
-    x = _conv_bn_relu(x, _make_divisible(32 * alpha), 3, 1 if small_inputs else stem_stride, "stem_conv")
+    x = input_preprocessing(inputs, input_shape[-1], preprocessing)
+    x = _conv_bn_relu(x, _make_divisible(32 * alpha), 3, 1 if small_inputs else stem_stride, "stem_conv", **conv)
     for s, (t, c, n, first_stride) in enumerate(stages, start=1):
         out = _make_divisible(c * alpha)
         for b in range(1, n + 1):
             strides = first_stride if b == 1 else 1
             if small_inputs and s <= 2:
                 strides = 1
-            x = inverted_residual(x, t, out, strides, f"stage{s}_block{b}", kernel_size)
+            x = inverted_residual(x, t, out, strides, f"stage{s}_block{b}", kernel_size, **conv)
     last = _make_divisible(1280 * max(alpha, 1.0))
-    x = _conv_bn_relu(x, last, 1, 1, "head_conv")
+    x = _conv_bn_relu(x, last, 1, 1, "head_conv", **conv)
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
     if include_top:
         x = keras.layers.Dense(
