@@ -6,6 +6,8 @@ then assigns every variable, so a checkpoint that does not match leaves the mode
 
 Layouts (PyTorch -> Keras): "conv" OIHW -> HWIO, "depthwise" (C, 1, H, W) -> (H, W, C, 1), "dense" (out, in)
 -> (in, out), "pointwise" a 1x1 conv (out, in, 1, 1) used as a Dense kernel -> (in, out), "same" as stored.
+`keras_state` gives a Keras model's weights in the same {key: array} form (keys: variable paths), so
+keras.applications models convert through the same checks.
 """
 
 import dataclasses
@@ -104,6 +106,18 @@ def _unwrap(state, path):
                 key = key[len(prefix):]
         out[key] = value.astype(np.float32) if value.dtype.kind == "f" else value
     return out
+
+
+def keras_state(model):
+    """A Keras model's weights as {variable path: numpy array}; raises ValueError on a path held twice."""
+    import keras
+
+    state = {}
+    for v in model.weights:
+        if v.path in state:
+            raise ValueError(f"model {model.name!r} holds two variables at path {v.path!r}")
+        state[v.path] = np.asarray(keras.ops.convert_to_numpy(v))
+    return state
 
 
 def apply_mapping(assigns, state, label, ignore=()):
