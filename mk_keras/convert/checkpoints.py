@@ -84,10 +84,16 @@ def convert_checkpoint(path_or_state, model_name, num_classes=None, **overrides)
     state, where = _as_state(path_or_state)
     if num_classes is None:
         num_classes = int(converter.checkpoint_num_classes(state))
-    model = create_model(model_name, num_classes=num_classes, **overrides)
+    model = create_model(model_name, num_classes=num_classes, **{**_build_overrides(converter, "torch"), **overrides})
     core.apply_mapping(converter.torch_assigns(model, state), state, f"{where} -> {model_name}",
                        ignore=getattr(converter, "IGNORED_KEYS", ()))
     return model
+
+
+def _build_overrides(converter, source):
+    """Builder options a family needs to match `source` ("torch" or "keras") exactly (padding, BatchNorm
+    epsilon, input normalisation: `mk_keras.models.conventions`); {} for families built the same way."""
+    return converter.build_overrides(source) if hasattr(converter, "build_overrides") else {}
 
 
 def application(name, weights=None, classes=1000):
@@ -133,7 +139,7 @@ def convert_application(name, weights="imagenet", model_name=None, classes=1000)
         raise ValueError(f"the {model_family(model_name)!r} converter reads no keras.applications models; "
                          f"convert a PyTorch checkpoint into {model_name!r} instead")
     app = application(name, weights, classes)
-    model = create_model(model_name, num_classes=app.output_shape[-1])
+    model = create_model(model_name, num_classes=app.output_shape[-1], **_build_overrides(converter, "keras"))
     state = core.keras_state(app)
     label = f"keras.applications.{name}({'imagenet' if weights == 'imagenet' else repr(os.fspath(weights))})"
     core.apply_mapping(converter.keras_assigns(model, app), state, f"{label} -> {model_name}")
