@@ -248,6 +248,22 @@ def _norm_mode(freeze_following_norm, freeze):
     return "affine" if freeze_following_norm == "affine" else "all"
 
 
+def _check_input_scaling(source, target):
+    """Frozen moving statistics only fit inputs scaled as the source's were: refuse models whose input
+    normalisation layers differ (e.g. a converted keras.applications ResNet50, "caffe", into a default
+    resnet50, "imagenet")."""
+    from mk_keras.models.conventions import input_scaling
+
+    a, b = input_scaling(source), input_scaling(target)
+    if a is None or b is None:
+        return
+    if len(a) != len(b) or not all(x.shape == y.shape and np.allclose(x, y) for x, y in zip(a, b)):
+        raise ValueError(f"freeze_following_norm='all' copies moving statistics of inputs scaled as {source.name!r} "
+                         f"scales them, but {target.name!r} normalises its inputs differently (preprocess_rescale/"
+                         "_normalize layers); build the target with the source's preprocessing "
+                         "(mk_keras.convert.<family>.build_overrides) or use freeze_following_norm='affine'")
+
+
 def _describe_norm(norm):
     if norm is None:
         return "no normalisation layer"
@@ -364,6 +380,8 @@ def transfer_filters(
     kernel_map = _resolve_map("kernel_map", kernel_map, KERNEL_MAPS)
     channel_map = _resolve_map("channel_map", channel_map, CHANNEL_MAPS)
     norm_mode = _norm_mode(freeze_following_norm, freeze)
+    if norm_mode == "all":
+        _check_input_scaling(source, target)
     if kernel_transform not in (None, "shuffle"):
         raise ValueError(f"kernel_transform={kernel_transform!r} for transfer_filters; allowed: None, 'shuffle'")
     if kernel_transform and (isinstance(transform_seed, bool) or not isinstance(transform_seed, (int, np.integer))):

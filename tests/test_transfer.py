@@ -296,3 +296,13 @@ def test_keras_file_and_config_round_trip_keep_frozen_flags(tmp_path):
         flags = [l.layer.trainable for l in mk_keras.filter_layers(model, "depthwise")]
         assert flags == [False, False, True, True, True]
     np.testing.assert_array_equal(_kernels(loaded)[1], _kernels(source)[1])
+
+
+@pytest.mark.backend_agnostic
+def test_frozen_moving_statistics_need_the_same_input_scaling():
+    source = mk_keras.create_model("resnet18_cifar", 3, preprocessing="tf")  # as converted keras MobileNetV2
+    target = mk_keras.create_model("resnet18_cifar", 3)
+    with pytest.raises(ValueError, match="normalises its inputs differently"):
+        mk_keras.transfer_filters(source, target, 1, "conv", freeze_following_norm="all")
+    report = mk_keras.transfer_filters(source, target, 1, "conv", freeze_following_norm="affine")
+    assert len(report.entries) == 1

@@ -72,6 +72,15 @@ def _preprocessing_values(model):
             (rescale["scale"], rescale["offset"], normalize["mean"], normalize["variance"])]
 
 
+def input_scaling(model):
+    """(scale, offset, mean, variance) arrays of a model's input normalisation layers (`preprocess_rescale`,
+    `preprocess_normalize`, as every mk_keras builder makes them); None for a model without them."""
+    try:
+        return _preprocessing_values(model)
+    except ValueError:  # no such layer
+        return None
+
+
 def read_conventions(model):
     """{"padding", "bn_epsilon", "preprocessing"} as a built (or reloaded) model implements them; None where
     its layers disagree or match no option."""

@@ -136,6 +136,13 @@ def _source_file(value, what):
     if kind not in TRAINED_KINDS:
         raise ValueError(f"{what}={value!r} is a {KINDS[kind]}; allowed: a run directory, a .keras file, "
                          "<model>:<checkpoint>.pth|.pt|.bin|.safetensors or keras:<Application>:imagenet|PATH")
+    if kind == "keras_weights":
+        from mk_keras.convert import application_models
+        from mk_keras.sources import keras_spec
+
+        if keras_spec(value)[0] not in application_models():
+            raise ValueError(f"{what}={value!r}: keras.applications {keras_spec(value)[0]} has no mk_keras "
+                             f"counterpart to convert into; converted: {', '.join(sorted(application_models()))}")
     path = spec_file(value)
     if kind == "run_dir" and not os.path.isfile(path):
         raise FileNotFoundError(f"{what} run directory {value!r} has no model.keras (unfinished run?)")
@@ -143,10 +150,15 @@ def _source_file(value, what):
 
 
 def _load(value, model):
-    """`(keras.Model, info dict)` of a source spec, or of the in-memory `model` given for it."""
-    from mk_keras.sources import TRAINED_KINDS, load_source
+    """`(keras.Model, info dict)` of a source spec, or of the in-memory `model` given for it. Pretrained specs
+    (checkpoints, `keras:<Name>:imagenet|PATH`) give the converted mk_keras model, whose layers and input
+    conventions are the ones the conversion proved exact."""
+    from mk_keras.sources import PRETRAINED_KINDS, TRAINED_KINDS, load_converted, load_source, spec_kind
 
-    loaded = load_source(model if model is not None else value, kinds=TRAINED_KINDS)
+    if model is None and spec_kind(value) in PRETRAINED_KINDS:
+        loaded = load_converted(value)
+    else:
+        loaded = load_source(model if model is not None else value, kinds=TRAINED_KINDS)
     return loaded.model, loaded.to_dict()
 
 

@@ -1,7 +1,6 @@
 """The atlas of a converted PyTorch checkpoint (random timm ConvNeXt-Atto) shows the checkpoint's own filters."""
 
 import csv
-import importlib.util
 
 import numpy as np
 import pytest
@@ -10,11 +9,7 @@ from mk_keras.analysis.atlas import atlas_rows
 from mk_keras.cli.filters import run
 from mk_keras.sources import load_source
 
-pytestmark = [
-    pytest.mark.backend_agnostic,
-    pytest.mark.skipif(importlib.util.find_spec("mk_keras.convert.convnext") is None,
-                       reason="the ConvNeXt checkpoint converter (mk_keras.convert.convnext) is not in this tree"),
-]
+pytestmark = pytest.mark.backend_agnostic
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import re
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
-safetensors_torch = pytest.importorskip("safetensors.torch")
+import safetensors.torch as safetensors_torch  # the test extra installs torch, timm and safetensors
+import timm
+import torch
 
 import keras  # noqa: E402
 

@@ -11,8 +11,8 @@ Under JAX (every layer shape compiles on first use: minutes on 2 cores) only Res
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-torchvision = pytest.importorskip("torchvision")
+import torch  # the test extra installs torch and torchvision
+import torchvision
 
 import keras  # noqa: E402
 

@@ -42,3 +42,21 @@ def test_checkpoint_source_gives_its_filters_frozen_and_its_hash(tmp_path, check
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(entry.kernel), expected)
         assert not entry.layer.trainable
     assert layers[2].layer.trainable
+
+
+def test_keras_weights_source_is_the_converted_model(tmp_path):
+    """A `keras:<Name>:PATH` source is converted (MobileNetV2: its own input scaling and BatchNorm epsilon),
+    not the raw application, whose layers and conventions differ from the mk_keras model."""
+    from mk_keras.models.conventions import read_conventions
+    from mk_keras.training.run import _load
+
+    app = keras.applications.MobileNetV2(weights=None, input_shape=(64, 64, 3))  # 1000 classes, as :imagenet
+    weights = tmp_path / "mnv2.weights.h5"
+    app.save_weights(weights)
+    model, info = _load(f"keras:MobileNetV2:{weights}", None)
+    assert model.name == "mobilenetv2" and info["sha256"] == file_sha256(weights)
+    assert read_conventions(model)["preprocessing"] == "tf"
+    app_kernels = [keras.ops.convert_to_numpy(layer.kernel) for layer in app.layers
+                   if isinstance(layer, keras.layers.DepthwiseConv2D)]
+    for entry, expected in zip(filter_layers(model, "depthwise"), app_kernels, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(entry.kernel), expected)
