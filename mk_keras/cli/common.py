@@ -188,6 +188,18 @@ def define_training_flags(fv, model_default="convnext_micro_cifar", exclude=()):
     d.DEFINE_float("ema_momentum", 0.999, "EMA momentum.", lower_bound=0.0, upper_bound=1.0, flag_values=fv)
     d.DEFINE_enum("augment", "none", ["none", "basic", "randaugment"], "Training augmentation.",
                   flag_values=fv)
+    d.DEFINE_enum("input_pipeline", "memory", ["memory", "imagenet"], "memory: resize all images to the model "
+                  "size and cache them (small datasets); imagenet: streamed, per-image random-resized crop, flip, "
+                  "RandAugment (--augment=randaugment), random erasing; evaluation resizes to size/--crop_pct "
+                  "and centre-crops (docs/datasets.md).", flag_values=fv)
+    d.DEFINE_float("erase_prob", 0.0, "Random erasing probability (--input_pipeline=imagenet; ConvNeXt: 0.25).",
+                   lower_bound=0.0, upper_bound=0.99, flag_values=fv)
+    d.DEFINE_float("crop_pct", 0.875, "Evaluation centre crop: resize the shorter side to size/crop_pct "
+                   "(--input_pipeline=imagenet).", lower_bound=0.01, upper_bound=1.0, flag_values=fv)
+    d.DEFINE_enum("cache", "auto", ["auto", "on", "off"], "Cache decoded images in memory (--input_pipeline="
+                  "imagenet; auto: when the estimated size fits --memory_budget_gb).", flag_values=fv)
+    d.DEFINE_float("memory_budget_gb", 0.0, "Memory for the cache decision (0: a quarter of RAM).",
+                   lower_bound=0.0, flag_values=fv)
     d.DEFINE_float("mixup", 0.0, "MixUp alpha (0: off).", lower_bound=0.0, flag_values=fv)
     d.DEFINE_float("cutmix", 0.0, "CutMix factor (0: off).", lower_bound=0.0, flag_values=fv)
     d.DEFINE_integer("image_size", 0, "Input side in pixels (0: the model's native size).", lower_bound=0,
@@ -235,7 +247,8 @@ def define_training_flags(fv, model_default="convnext_micro_cifar", exclude=()):
         delattr(fv, name)
     names = ["model", "dataset", "classes", "run_dir", "epochs", "batch_size", "lr", "lr_scaling",
             "weight_decay", "warmup_epochs", "min_lr_ratio", "label_smoothing", "drop_path_rate", "ema",
-            "ema_momentum", "augment", "mixup", "cutmix", "image_size", "max_per_class", "eval_split",
+            "ema_momentum", "augment", "input_pipeline", "erase_prob", "crop_pct", "cache", "memory_budget_gb",
+            "mixup", "cutmix", "image_size", "max_per_class", "eval_split",
             "eval_max_per_class", "holdout", "eval_every", "steps_per_epoch", "steps_per_execution", "checkpoint_every",
             "seed", "init_seed", "data_seed", "drop_empty_classes", "deterministic", "distribution", "backend",
             "mixed_precision", "jit_compile", "data_dir",
@@ -255,6 +268,8 @@ def parse_classes(values):
 _CONVERT = {
     "classes": parse_classes,
     "augment": lambda v: None if v == "none" else v,
+    "cache": {"auto": None, "on": True, "off": False}.get,
+    "memory_budget_gb": lambda v: v or None,
     "mixed_precision": lambda v: False if v == "none" else v,
     "jit_compile": {"auto": None, "on": True, "off": False}.get,
     "verbose": lambda v: None if v < 0 else v,

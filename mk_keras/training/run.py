@@ -307,12 +307,16 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
 
         pipeline = {"batch_size": batch_size, "image_size": (height, width), "channels": channels,
                     "deterministic": spec.deterministic}
+        if spec.input_pipeline == "imagenet":
+            pipeline.update(transforms="imagenet", crop_pct=spec.crop_pct, cache=spec.cache,
+                            memory_budget=None if spec.memory_budget_gb is None else int(spec.memory_budget_gb * 1e9))
 
         def stream_at(batch):
             """The endless training stream from batch `batch` on (a pure function of the batch number)."""
+            erase = {"erase_prob": spec.erase_prob} if spec.input_pipeline == "imagenet" else {}
             return data.make_pipeline(train_data, training=True, augment=spec.augment, mixup=spec.mixup,
                                       cutmix=spec.cutmix, shuffle_seed=spec.data_seed, repeat=True,
-                                      skip_batches=batch, **pipeline)
+                                      skip_batches=batch, **pipeline, **erase)
 
         eval_pipe = data.make_pipeline(eval_data, training=False, **pipeline).apply(
             tf.data.experimental.assert_cardinality(math.ceil(eval_data.info.num_examples / batch_size)))

@@ -33,7 +33,8 @@ MASTER_KEY_METHODS = ("B", "A")
 # Fields that say where data live or how steps are executed and logged: a resumed run may change them, and
 # they are not part of the run's identity (`spec_hash`).
 EXECUTION_FIELDS = ("data_dir", "manual_dir", "distribution", "steps_per_execution", "jit_compile",
-                    "checkpoint_every", "eval_every", "versions")
+                    "checkpoint_every", "eval_every", "versions", "cache", "memory_budget_gb")
+INPUT_PIPELINES = ("memory", "imagenet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +60,13 @@ class RunSpec:
     augment: str | None = None
     mixup: float = 0.0
     cutmix: float = 0.0
+    # "memory": resize everything to the model size, cache, batch-level augmentation (small datasets);
+    # "imagenet": streamed, per-image random-resized crop / flip / RandAugment / erasing, centre-crop evaluation
+    input_pipeline: str = "memory"
+    erase_prob: float = 0.0
+    crop_pct: float = 0.875
+    cache: bool | None = None  # "imagenet" pipeline: None decides from the estimated size and memory_budget_gb
+    memory_budget_gb: float | None = None
     # seeds
     seed: int = 0
     init_seed: int | None = None
@@ -188,7 +196,8 @@ def _validate(spec):
     if spec.model not in list_models():
         model_family(spec.model)  # raises with close matches
     for key, allowed in (("kind", FILTER_KINDS), ("order", ORDERS), ("lr_scaling", recipe.LR_SCALINGS),
-                         ("augment", (None, "basic", "randaugment")),
+                         ("augment", (None, "basic", "randaugment")), ("input_pipeline", INPUT_PIPELINES),
+                         ("cache", (None, True, False)),
                          ("kernel_map", (None, *KERNEL_MAPS)), ("channel_map", (None, *CHANNEL_MAPS)),
                          ("freeze_following_norm", NORM_FREEZES), ("kernel_transform", (None, *KERNEL_TRANSFORMS)),
                          ("master_key_method", (None, *MASTER_KEY_METHODS))):
@@ -209,6 +218,16 @@ def _validate(spec):
     for key in ("lr", "weight_decay", "warmup_epochs", "mixup", "cutmix", "drop_path_rate"):
         if not getattr(spec, key) >= 0:
             raise ValueError(f"{key}={getattr(spec, key)!r} must be >= 0")
+    if spec.input_pipeline == "memory" and (spec.erase_prob or spec.cache is not None
+                                            or spec.memory_budget_gb is not None):
+        raise ValueError("erase_prob / cache / memory_budget_gb need input_pipeline='imagenet' (the 'memory' "
+                         "pipeline always caches)")
+    if not 0 <= spec.erase_prob < 1:
+        raise ValueError(f"erase_prob={spec.erase_prob!r} must be in [0, 1)")
+    if not 0 < spec.crop_pct <= 1:
+        raise ValueError(f"crop_pct={spec.crop_pct!r} must be in (0, 1]")
+    if spec.memory_budget_gb is not None and not spec.memory_budget_gb > 0:
+        raise ValueError(f"memory_budget_gb={spec.memory_budget_gb!r} must be None or > 0")
     if not 0 <= spec.label_smoothing < 1:
         raise ValueError(f"label_smoothing={spec.label_smoothing!r} must be in [0, 1)")
     if not 0 <= spec.min_lr_ratio <= 1:
