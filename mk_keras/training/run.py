@@ -35,6 +35,7 @@ from mk_keras.models import create_model
 from mk_keras.training import checkpoint, recipe, rundir
 from mk_keras.training.callbacks import EpochScalars, KeepRawWeights, RunMonitor
 from mk_keras.training.distribute import make_distribution
+from mk_keras.training.hparams import log_hparams
 from mk_keras.sources import file_sha256
 from mk_keras.training.spec import DELTA, EVAL_SUBSET_SEED, MASTER_KEYS, RunSpec
 from mk_keras.transfer import freeze_filters, transfer_filters
@@ -395,6 +396,8 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
             net.save(os.path.join(run_dir, "model.keras"))
         write_metrics("finished", **final, train={k: last.get(k) for k in ("loss", "top1", "top5")},
                       wall_time_s=monitor._wall())
+        if run_dir is not None:
+            log_hparams(os.path.join(run_dir, "tensorboard"), metrics["spec"], metrics)
         if ckpt_dir is not None:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
     return metrics
