@@ -5,7 +5,7 @@
     <run_dir>/metrics.json          status, results, the spec, initial-weight hashes (see `train`)
     <run_dir>/transfer_report.json  what was copied / frozen, with sha256 proofs
     <run_dir>/model.keras           the final model
-    <run_dir>/tensorboard/          epoch scalars
+    <run_dir>/tensorboard/          epoch scalars; a finished run's HParams session
     <run_dir>/checkpoint/state.npz  while running only
 """
 
