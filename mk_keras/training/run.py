@@ -133,7 +133,10 @@ def _source_file(value, what):
     download). Nothing is loaded yet: the target model must be built first."""
     from mk_keras.sources import KINDS, TRAINED_KINDS, spec_file, spec_kind
 
-    kind = spec_kind(value)
+    try:
+        kind = spec_kind(value)
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f"{what}: {e}") from None
     if kind not in TRAINED_KINDS:
         raise ValueError(f"{what}={value!r} is a {KINDS[kind]}; allowed: a run directory, a .keras file, "
                          "<model>:<checkpoint>.pth|.pt|.bin|.safetensors or keras:<Application>:imagenet|PATH")

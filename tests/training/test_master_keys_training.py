@@ -108,7 +108,7 @@ def test_fitted_master_keys_stay_frozen_shifts_train_and_a_crashed_run_resumes(t
     ({"kernel_map": "auto"}, "kernel_map='auto' does not apply to source='master_keys'"),
     ({"source": None}, "master_key_reference is set but source=None"),
     ({"master_key_method": "C"}, "master_key_method='C'; allowed: None, 'B', 'A'"),
-    ({"master_key_reference": "/nonexistent/run"}, "master_key_reference '/nonexistent/run' does not exist"),
+    ({"master_key_reference": "/nonexistent/run"}, "master_key_reference: model spec '/nonexistent/run' does not exist"),
 ])
 def test_bad_master_key_arguments_fail_before_anything_is_written(tmp_path, overrides, message):
     kwargs = {**_kwargs(tmp_path / "run", str(tmp_path)), **overrides}
