@@ -137,6 +137,7 @@ def test_frozen_kernel_changed_after_transfer_fails_verify(tmp_path):
     assert f"{run}/transfer_report.json is not reachable" in str(result)
 
 
+@pytest.mark.long  # 33 s; the frozen-kernel proofs are checked by the other verify tests in make test
 def test_verify_checks_the_source_model_when_reachable(tmp_path):
     run, source = str(tmp_path / "run"), str(tmp_path / "base_A" / "model.keras")
     make_run_dir(run, "convnext_micro_cifar", n=2, kind="depthwise", source_path=source)
@@ -215,6 +216,7 @@ with open(os.path.join(out, "hashes.json"), "w") as f:
 """
 
 
+@pytest.mark.long  # 32 s: trains under JAX in a subprocess
 def test_jax_trained_model_exports_through_keras_file(tmp_path):
     env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", _JAX_SCRIPT, HERE, str(tmp_path / "jax_run"), str(tmp_path)],

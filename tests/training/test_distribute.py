@@ -63,6 +63,7 @@ def _check_run(run_dir, source, replicas):
     return model
 
 
+@pytest.mark.long  # 25 s; MirroredStrategy also runs in test_optimizer's mirrored test
 def test_mirrored_on_two_logical_cpus(tmp_path, source_path):
     run_dir = tmp_path / "mirrored"
     proc = subprocess.run([sys.executable, "-c", _TWO_CPUS, *_flags(source_path, run_dir, "mirrored")],
