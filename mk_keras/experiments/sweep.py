@@ -25,11 +25,14 @@ External base A: `base_a_source` gives a model a pretrained or trained source in
 `sources/<model>.json`: spec, sha256 of the source file, sha256 of the converted file), and the transfers from
 A copy from it; no baseA run is trained for that model.
 
-Sharding: run i of the plan (bases included) belongs to shard `i % num_shards`. A transfer run needs its
-source base finished first: if the base has no result yet, the shard trains it itself under the base's lock,
-or waits while another process holds that lock. Every run is trained under its lock file
-(`mk_keras.experiments.locks`), so no run is trained twice at the same time, and a merged sharded sweep
-equals the unsharded one.
+Workers: any number of processes (a SLURM job array, several GPUs of one machine) run the same sweep into the
+same output directory. Each repeatedly claims the first ready run in its `claim_order` (bases first) and trains
+it: a run is ready when it has no result, no live process holds its lock file (`mk_keras.experiments.locks`),
+and its source base has a finished result (an external base A is always ready). A run whose source failed is
+recorded failed. When nothing is ready but runs are locked by other processes, the worker polls; when nothing
+is ready or locked, it merges and exits. So no worker waits while a run is ready, no run is trained twice at
+the same time, and the merged result equals that of one process. `shard_index` / `num_shards` only say which
+runs a worker prefers.
 """
 
 import dataclasses
@@ -590,7 +593,7 @@ class _Runner:
     def __init__(self, the_plan, output_dir, train_fn, flags_text, log, poll_s, lock_stale_s):
         self.plan, self.out, self.train_fn = the_plan, output_dir, train_fn
         self.flags_text, self.log, self.poll_s, self.stale = flags_text, log, poll_s, lock_stale_s
-        self.by_id = {r.run_id: r for r in the_plan.runs}
+        self.trained = 0  # runs this process trained
         self.checked = {}  # model -> record of its external base A, checked by this process
 
     def _line(self, label, run, row, note="", secs=None):
@@ -607,44 +610,65 @@ class _Runner:
         base = results.read_result(self.out, _run_id(run.model, "baseB", run.seed))
         return results.relative(row, base)
 
-    def ensure(self, run, label, quiet_if_done=False):
-        """The result row of `run`: read, or trained (its source first) under the run's lock."""
-        row = results.read_result(self.out, run.run_id)
-        if row is not None:
-            if not quiet_if_done:
-                self._line(label, run, row, "  (done earlier)")
-            return row
-        if run.source and run.source.startswith(EXTERNAL):
-            self.external(run.source[len(EXTERNAL):])
-        elif run.source:
-            source = self.ensure(self.by_id[run.source], f"source of {run.run_id}", quiet_if_done=True)
-            if source["status"] != "finished":
-                row = results.make_row(self.plan.config, run, {"status": "failed",
-                                       "error": f"source run {run.source} {source['status']}"})
-                results.write_result(self.out, row)
-                self._line(label, run, row)
-                return row
-        path = results.lock_path(self.out, run.run_id)
-        waiting = False
+    def work(self, order):
+        """Claim and train the ready runs of `order` (a priority order of the plan's runs) until every run has a
+        result, or none is left that this process can train and no other process holds a lock on one."""
+        waiting = None
         while True:
-            row = results.read_result(self.out, run.run_id)
-            if row is not None:
-                self._line(label, run, row, "  (trained by another process)")
-                return row
-            lock = locks.Lock(path)
-            if lock.acquire():
+            locked = []
+            for run in order:
+                if results.read_result(self.out, run.run_id) is not None:
+                    continue
+                source = self._source_row(run)
+                if source is None:
+                    continue  # its source base has no result yet
+                if source["status"] != "finished":
+                    row = results.make_row(self.plan.config, run, {"status": "failed",
+                                           "error": f"source run {run.source} {source['status']}"})
+                    results.write_result(self.out, row)
+                    self._line("failed", run, row)
+                    continue
+                lock = self._claim(run)
+                if lock is None:
+                    locked.append(run)
+                    continue
                 start = time.time()
                 try:
-                    row = results.read_result(self.out, run.run_id) or self._train(run)
+                    row = results.read_result(self.out, run.run_id)
+                    if row is None:
+                        if run.source and run.source.startswith(EXTERNAL):
+                            self.external(run.source[len(EXTERNAL):])
+                        row = self._train(run)
+                        self.trained += 1
+                        self._line(f"{self.trained}/{len(order)}", run, row, secs=time.time() - start)
                 finally:
                     lock.release()
-                self._line(label, run, row, secs=time.time() - start)
-                return row
-            if not locks.break_if_stale(path, self.stale):
-                if not waiting:
-                    self.log(f"[{label}] {describe(run)}  waiting: locked by {locks.holder(path)}")
-                    waiting = True
+                waiting = None
+                break  # scan again from the top: a finished base may have made earlier runs ready
+            else:
+                if not locked:
+                    return
+                if waiting != locked[0].run_id:
+                    waiting = locked[0].run_id
+                    path = results.lock_path(self.out, waiting)
+                    self.log(f"[wait] nothing ready: {len(locked)} runs locked by other processes (first: "
+                             f"{waiting} by {locks.holder(path)})")
                 time.sleep(self.poll_s)
+
+    def _source_row(self, run):
+        """The result row of `run`'s source run; {"status": "finished"} when it has none in the plan (or an
+        external one), None while the source has no result."""
+        if not run.source or run.source.startswith(EXTERNAL):
+            return {"status": "finished"}
+        return results.read_result(self.out, run.source)
+
+    def _claim(self, run):
+        """The held lock of `run`, or None while another live process holds it (a stale lock is broken)."""
+        path = results.lock_path(self.out, run.run_id)
+        lock = locks.Lock(path)
+        if lock.acquire() or locks.break_if_stale(path, self.stale) and lock.acquire():
+            return lock
+        return None
 
     def external(self, model):
         """The record of `model`'s external base A: converted into `sources/<model>.keras` under its lock unless
@@ -703,20 +727,30 @@ class _Runner:
         return row
 
 
+def claim_order(runs, shard_index=0, num_shards=1):
+    """The order in which a worker looks for a ready run: runs that are another run's source first (they
+    unblock others), then the rest; within each, this worker's hinted share (plan index i with
+    i % num_shards == shard_index) first, then plan order."""
+    sources = {r.source for r in runs}
+    ranked = sorted(enumerate(runs), key=lambda ir: (ir[1].run_id not in sources, ir[0] % num_shards != shard_index,
+                                                     ir[0]))
+    return [r for _, r in ranked]
+
+
 def run_sweep(config, output_dir, *, shard_index=0, num_shards=1, train_fn=None, flags_text=None, log=print,
               poll_s=5.0, lock_stale_s=900.0):
-    """Plan `config`, train this shard's runs into `output_dir` (skipping finished ones), merge.
+    """Plan `config`, claim and train ready runs in `output_dir` (skipping finished ones) until none is left, merge.
 
     Args:
       config: a `SweepConfig`.
-      output_dir: the sweep directory (created; shared by all shards).
-      shard_index, num_shards: this process trains runs i with i % num_shards == shard_index, plus any
-        source base they need that nobody has finished or is training.
+      output_dir: the sweep directory (created; shared by all workers).
+      shard_index, num_shards: a hint of where this worker starts: it prefers the runs i with
+        i % num_shards == shard_index, but takes any ready run (see the module docstring).
       train_fn: `mk_keras.training.train` (default) or a function with its signature.
       flags_text: the binary's flags, stored as `output_dir/flags.txt` and in every run directory's flags.txt.
       log: progress lines (one per run).
-      poll_s, lock_stale_s: how often to look at a run locked by another process, and after how many
-        seconds without a heartbeat its lock counts as abandoned.
+      poll_s, lock_stale_s: how often to look again when every unfinished run is locked by other processes (or
+        waits for such a run), and after how many seconds without a heartbeat a lock counts as abandoned.
     Returns the merged result rows (`results.merge`) of every run planned in `output_dir` so far (see
     `merge_plans`); rows of unfinished runs are missing.
     """
@@ -730,15 +764,13 @@ def run_sweep(config, output_dir, *, shard_index=0, num_shards=1, train_fn=None,
     planned = _write_definition(output_dir, the_plan, poll_s, lock_stale_s).runs
     if flags_text is not None:
         results.atomic_write_text(os.path.join(output_dir, "flags.txt"), flags_text)
-    mine = the_plan.runs[shard_index::num_shards]
-    shard = f" shard {shard_index}/{num_shards}:" if num_shards > 1 else ""
-    log(f"sweep {the_plan.config.name!r}:{shard} {len(mine)} of {len(the_plan.runs)} runs -> {output_dir}")
+    worker = f" worker {shard_index}/{num_shards}:" if num_shards > 1 else ""
+    log(f"sweep {the_plan.config.name!r}:{worker} {len(the_plan.runs)} runs -> {output_dir}")
     runner = _Runner(the_plan, output_dir, train_fn or train, flags_text, log, poll_s, lock_stale_s)
     start = time.time()
-    for i, run in enumerate(mine, 1):
-        runner.ensure(run, f"{i}/{len(mine)}")
+    runner.work(claim_order(the_plan.runs, shard_index, num_shards))
     rows = results.merge(output_dir, poll_s=poll_s, lock_stale_s=lock_stale_s)
     done = sum(r["status"] == "finished" for r in rows)
-    log(f"sweep {the_plan.config.name!r}:{shard} {done}/{len(planned)} runs finished (all planned in "
-        f"{output_dir}), {time.time() - start:.0f} s; report: {os.path.join(output_dir, 'report.md')}")
+    log(f"sweep {the_plan.config.name!r}:{worker} trained {runner.trained}; {done}/{len(planned)} runs finished (all "
+        f"planned in {output_dir}), {time.time() - start:.0f} s; report: {os.path.join(output_dir, 'report.md')}")
     return rows
