@@ -220,6 +220,8 @@ def define_training_flags(fv, model_default="convnext_micro_cifar", exclude=()):
                      lower_bound=1, flag_values=fv)
     d.DEFINE_integer("checkpoint_every", 100, "Checkpoint every N steps (and at every epoch end).",
                      lower_bound=1, flag_values=fv)
+    d.DEFINE_float("checkpoint_every_s", 300.0, "Also checkpoint every N seconds of wall time (0: off); "
+                   "checkpoints are written in the background.", lower_bound=0.0, flag_values=fv)
     d.DEFINE_integer("seed", 0, "Default of --init_seed and --data_seed.", flag_values=fv)
     d.DEFINE_integer("init_seed", None, "Seed of the initial weights and training randomness (default: --seed); "
                      "runs of one model at one init seed start from identical weights.", flag_values=fv)
@@ -250,8 +252,8 @@ def define_training_flags(fv, model_default="convnext_micro_cifar", exclude=()):
             "ema_momentum", "augment", "input_pipeline", "erase_prob", "crop_pct", "cache", "memory_budget_gb",
             "mixup", "cutmix", "image_size", "max_per_class", "eval_split",
             "eval_max_per_class", "holdout", "eval_every", "steps_per_epoch", "steps_per_execution", "checkpoint_every",
-            "seed", "init_seed", "data_seed", "drop_empty_classes", "deterministic", "distribution", "backend",
-            "mixed_precision", "jit_compile", "data_dir",
+            "checkpoint_every_s", "seed", "init_seed", "data_seed", "drop_empty_classes", "deterministic",
+            "distribution", "backend", "mixed_precision", "jit_compile", "data_dir",
             "manual_dir", "overwrite", "verbose"]
     return [n for n in names if n not in exclude]
 

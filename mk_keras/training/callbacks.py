@@ -1,6 +1,7 @@
 """Keras callbacks of `train`: run monitoring (epoch records, metrics.json, checkpoints, NaN detection),
 TensorBoard epoch scalars, and keeping raw weights across an EMA swap."""
 
+import logging
 import os
 import time
 
@@ -9,23 +10,36 @@ import numpy as np
 
 from mk_keras.training import checkpoint
 
+log = logging.getLogger(__name__)
+
 
 def _scalar(value):
     return float(np.asarray(keras.ops.convert_to_numpy(value)))
 
 
 class RunMonitor(keras.callbacks.Callback):
-    """Per-epoch records, metrics.json updates, step/epoch checkpoints, NaN detection, metric-state restore."""
+    """Per-epoch records, metrics.json updates, checkpoints, NaN detection, metric-state restore.
 
-    def __init__(self, state, steps_per_epoch, write_metrics, checkpoint_dir, checkpoint_every):
+    Checkpoints go to `checkpoint_dir` (None: none) at every epoch end, and at the end of a compiled call once
+    `checkpoint_every` steps or `checkpoint_every_s` seconds (of `clock`; 0: never) have passed since the last
+    one. They are written in the background (`checkpoint.BackgroundWriter`): a mid-epoch checkpoint that falls
+    due while the previous write is still running is deferred to the next call's end, an epoch-end one waits for
+    it. `close()` joins the last write and must run before the checkpoint directory is removed.
+    """
+
+    def __init__(self, state, steps_per_epoch, write_metrics, checkpoint_dir, checkpoint_every,
+                 checkpoint_every_s=0.0, clock=time.monotonic):
         super().__init__()
         self.state = state  # history, wall_time_s, epoch_elapsed_s, resumed_at_steps, metric values to restore
         self.steps_per_epoch = steps_per_epoch
         self.write_metrics = write_metrics
-        self.checkpoint_dir = checkpoint_dir
+        self.writer = checkpoint.BackgroundWriter(checkpoint_dir) if checkpoint_dir else None
         self.checkpoint_every = checkpoint_every
+        self.checkpoint_every_s = checkpoint_every_s
+        self.clock = clock
         self.step = state["step"]
         self.saved_step = state["step"]
+        self.saved_at = clock()
         self.nan_step = None
         self.session_start = time.time()
         self.session_wall = state["wall_time_s"]
@@ -61,8 +75,11 @@ class RunMonitor(keras.callbacks.Callback):
         if loss is not None and not np.isfinite(_scalar(loss)):
             self.nan_step = self.nan_step or self.step
             return
-        last_of_epoch = self.step % self.steps_per_epoch == 0
-        if self.checkpoint_dir and not last_of_epoch and self.step - self.saved_step >= self.checkpoint_every:
+        # busy() also raises a failed write's error, at the first call end after it failed.
+        if self.writer is None or self.writer.busy() or self.step % self.steps_per_epoch == 0:
+            return  # no checkpoints, one still being written (the due one is deferred), or an epoch end
+        if self.step - self.saved_step >= self.checkpoint_every or (
+                self.checkpoint_every_s and self.clock() - self.saved_at >= self.checkpoint_every_s):
             self._save(self.prior_epoch_s + time.time() - self.epoch_start)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -76,14 +93,27 @@ class RunMonitor(keras.callbacks.Callback):
                   "wall_time_s": round(self.prior_epoch_s + time.time() - self.epoch_start, 3)}
         self.state["history"].append(record)
         self.write_metrics("running", wall_time_s=self._wall())
-        if self.checkpoint_dir:
+        if self.writer is not None:
             self._save(0.0)
 
     def _save(self, epoch_elapsed_s):
         meta = {"step": self.step, "history": self.state["history"], "wall_time_s": self._wall(),
                 "epoch_elapsed_s": epoch_elapsed_s, "resumed_at_steps": self.state["resumed_at_steps"]}
-        checkpoint.save_state(self.checkpoint_dir, self.model, meta)
+        self.writer.save(self.model, meta)
         self.saved_step = self.step
+        self.saved_at = self.clock()
+
+    def close(self, failing=False):
+        """Join the last checkpoint write: raises if it failed, or (`failing`: the run already failed with
+        another error) logs it."""
+        if self.writer is None:
+            return
+        try:
+            self.writer.close()
+        except RuntimeError as e:
+            if not failing:
+                raise
+            log.error("%s", e)
 
 
 class EpochScalars(keras.callbacks.Callback):

@@ -1,9 +1,10 @@
 """Exact, step-level training state: model variables (weights, normalisation statistics, RNG seeds), optimizer
 variables (moments, iteration count, EMA) and metric accumulators, plus a JSON `meta` dict, in one `.npz`
-written atomically (a kill -9 leaves the previous checkpoint intact).
+written atomically (a kill -9 leaves the previous checkpoint intact). `BackgroundWriter` takes the snapshot
+synchronously and writes it in a background thread.
 """
 
-import io
+import concurrent.futures
 import json
 import os
 
@@ -33,22 +34,65 @@ def to_numpy(variable):
     return np.asarray(keras.ops.convert_to_numpy(value))
 
 
-def save_state(directory, model, meta):
-    """Write the training state of a compiled `model` and `meta` to `directory/state.npz`."""
-    os.makedirs(directory, exist_ok=True)
+def snapshot(model, meta):
+    """The arrays of a checkpoint of compiled `model` and `meta`: host copies, consistent at this step, that
+    later training steps do not change."""
     arrays = {"meta": np.array(json.dumps(meta))}
     for group, variables in _groups(model).items():
         for i, v in enumerate(variables):
-            arrays[f"{group}/{i}"] = to_numpy(v)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+            value = to_numpy(v)
+            arrays[f"{group}/{i}"] = value if value.flags.owndata else value.copy()
+    return arrays
+
+
+def write_arrays(directory, arrays):
+    """Write `arrays` (from `snapshot`) to `directory/state.npz`: a temporary file, fsync, atomic rename."""
+    os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, STATE_FILE)
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
-        f.write(buffer.getvalue())
+        np.savez(f, **arrays)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+class BackgroundWriter:
+    """Checkpoints to `directory` without stalling training: `save` snapshots the state in the calling thread
+    (device -> host copies, so the checkpoint is one consistent step) and hands serialisation, fsync and rename
+    to a single background thread. At most one write is in flight: `save` first waits for the previous one.
+    A failed write raises its exception from the next `busy`, `save` or `join`, never silently."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending = None
+
+    def busy(self):
+        """Whether a write is still running (raises the error of one that failed)."""
+        if self._pending is not None and self._pending.done():
+            self.join()
+        return self._pending is not None
+
+    def save(self, model, meta):
+        self.join()
+        self._pending = self._executor.submit(write_arrays, self.directory, snapshot(model, meta))
+
+    def join(self):
+        """Wait for the write in flight, if any; re-raises its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                pending.result()
+            except Exception as e:
+                raise RuntimeError(f"writing the checkpoint in {self.directory} failed: {e}") from e
+
+    def close(self):
+        """Join the last write and stop the thread."""
+        try:
+            self.join()
+        finally:
+            self._executor.shutdown(wait=True)
 
 
 def read_meta(directory):

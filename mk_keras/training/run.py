@@ -210,9 +210,10 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
 
     Run management (not part of the spec): `run_dir` (None: nothing written, no resume; a finished run is
     refused unless `overwrite`; an unfinished one of the same spec resumes from its last checkpoint, taken every
-    `checkpoint_every` steps and at every epoch end); `init_hook(model) -> dict` runs after build and transfer,
-    inside the strategy scope, before compiling (its dict goes to metrics["init_hook"]); extra Keras
-    `callbacks`; `flags_text` is stored as flags.txt; `verbose` (None: a progress bar on a terminal).
+    `checkpoint_every` steps or `checkpoint_every_s` seconds and at every epoch end, written in the background);
+    `init_hook(model) -> dict` runs after build and transfer, inside the strategy scope, before compiling (its
+    dict goes to metrics["init_hook"]); extra Keras `callbacks`; `flags_text` is stored as flags.txt; `verbose`
+    (None: a progress bar on a terminal).
 
     Returns the metrics dict written to `run_dir/metrics.json`: "status", final test "top1"/"top5"/"loss",
     per-epoch "epochs", "params" (total/trainable/non_trainable/frozen), "frozen_layers", "transfer",
@@ -370,7 +371,7 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
                 rundir.write_json(os.path.join(run_dir, "metrics.json"), metrics)
 
         write_metrics("running", wall_time_s=state["wall_time_s"])
-        monitor = RunMonitor(state, steps, write_metrics, ckpt_dir, spec.checkpoint_every)
+        monitor = RunMonitor(state, steps, write_metrics, ckpt_dir, spec.checkpoint_every, spec.checkpoint_every_s)
         fit_callbacks = [keras.callbacks.TerminateOnNaN(), monitor, *(callbacks or [])]
         if run_dir is not None:
             fit_callbacks.append(EpochScalars(os.path.join(run_dir, "tensorboard")))
@@ -380,6 +381,7 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
         try:
             _fit(net, stream_at, eval_pipe, state["step"], steps, spec.epochs, spec.eval_every,
                  fit_callbacks, verbose, spec.ema)
+            monitor.close()  # the last checkpoint write: joined (and its error raised) before anything else
             if monitor.nan_step:
                 raise TrainingFailed(
                     f"loss became NaN or infinite at step {monitor.nan_step} (epoch "
@@ -387,6 +389,7 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
                     "data"
                 )
         except Exception as e:
+            monitor.close(failing=True)
             write_metrics("failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__,
                           wall_time_s=monitor._wall())
             raise

@@ -33,7 +33,8 @@ MASTER_KEY_METHODS = ("B", "A")
 # Fields that say where data live or how steps are executed and logged: a resumed run may change them, and
 # they are not part of the run's identity (`spec_hash`).
 EXECUTION_FIELDS = ("data_dir", "manual_dir", "distribution", "steps_per_execution", "jit_compile",
-                    "checkpoint_every", "eval_every", "versions", "cache", "memory_budget_gb")
+                    "checkpoint_every", "checkpoint_every_s", "eval_every", "versions", "cache",
+                    "memory_budget_gb")
 INPUT_PIPELINES = ("memory", "imagenet")
 
 
@@ -106,6 +107,7 @@ class RunSpec:
     # execution and logging
     eval_every: int = 1
     checkpoint_every: int = 100
+    checkpoint_every_s: float = 300.0  # also checkpoint by wall time (0: steps and epoch ends only)
     data_dir: str | None = None
     manual_dir: str | None = None
     # filled in by `resolve`
@@ -209,6 +211,10 @@ def _validate(spec):
     for key in ("epochs", "batch_size", "steps_per_execution", "checkpoint_every"):
         if not _is_int(getattr(spec, key)) or getattr(spec, key) < 1:
             raise ValueError(f"{key}={getattr(spec, key)!r} must be a positive integer")
+    if (isinstance(spec.checkpoint_every_s, bool) or not isinstance(spec.checkpoint_every_s, (int, float))
+            or not 0 <= spec.checkpoint_every_s < np.inf):
+        raise ValueError(f"checkpoint_every_s={spec.checkpoint_every_s!r} must be a number of seconds >= 0 "
+                         "(0: no wall-time checkpoints)")
     for key in ("steps_per_epoch", "max_per_class", "eval_max_per_class"):
         value = getattr(spec, key)
         if value is not None and (not _is_int(value) or value < 1):

@@ -1,5 +1,6 @@
 """Fault tolerance: a run killed with SIGKILL mid-epoch resumes from its last checkpoint and ends exactly like
-an uninterrupted run (CPU, deterministic mode); transferred kernels stay frozen; NaN losses fail cleanly."""
+an uninterrupted run (CPU, deterministic mode), with checkpoints taken by steps or by wall time; transferred
+kernels stay frozen; NaN losses fail cleanly."""
 
 import json
 import os
@@ -17,24 +18,31 @@ from mk_keras.training import TrainingFailed, train
 
 pytestmark = pytest.mark.slow
 
-# 2 epochs of 16 steps (160 examples, batch 10), 8 steps per compiled call, checkpoint_every=3: checkpoints
-# after the calls ending at steps 8, 16 (epoch end), 24, 32.
+# 2 epochs of 16 steps (160 examples, batch 10), 8 steps per compiled call. checkpoint_every=3: checkpoints
+# after the calls ending at steps 8, 16 (epoch end), 24, 32. By wall time: the killed process's clock advances
+# 1000 s per reading, so every call end is checkpointed (steps alone, 1000, never would).
 _KILLED_RUN = textwrap.dedent(
     """
-    import json, os, signal, sys
+    import functools, itertools, json, os, signal, sys, time
     import keras
-    from mk_keras.training import train
+    from mk_keras.training import checkpoint, run, train
+
+    kwargs, kill_at, fake_clock = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+    if fake_clock:
+        run.RunMonitor = functools.partial(run.RunMonitor, clock=itertools.count(0, 1000).__next__)
 
     class KillAt(keras.callbacks.Callback):
-        def __init__(self, step):
-            super().__init__()
-            self.step = step
-
+        # SIGKILL once the checkpoint of step `kill_at` (written in the background) is on disk.
         def on_train_batch_end(self, batch, logs=None):
-            if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) >= self.step:
+            if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) >= kill_at:
+                directory = os.path.join(kwargs["run_dir"], "checkpoint")
+                deadline = time.monotonic() + 60
+                while ((checkpoint.read_meta(directory) or {}).get("step", 0) < kill_at
+                       and time.monotonic() < deadline):
+                    time.sleep(0.01)
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    train(**json.loads(sys.argv[1]), callbacks=[KillAt(int(sys.argv[2]))])
+    train(**kwargs, callbacks=[KillAt()])
     """
 )
 
@@ -50,11 +58,11 @@ def source_path(tmp_path_factory):
     return str(path)
 
 
-def _kwargs(run_dir, source):
+def _kwargs(run_dir, source, checkpoint_every=3, checkpoint_every_s=300.0):
     return dict(model="convnext_micro_cifar", dataset="digits", max_per_class=16, eval_max_per_class=8,
                 batch_size=10, epochs=2, lr=4e-3, warmup_epochs=0.5, augment="basic", steps_per_execution=8,
-                checkpoint_every=3, deterministic=True, seed=3, source=source, n=2, run_dir=str(run_dir),
-                verbose=0)
+                checkpoint_every=checkpoint_every, checkpoint_every_s=checkpoint_every_s, deterministic=True,
+                seed=3, source=source, n=2, run_dir=str(run_dir), verbose=0)
 
 
 def _strip_times(epochs):
@@ -75,11 +83,12 @@ def straight_run(tmp_path_factory, source_path):
     return metrics, run_dir, snapshot["dw"]
 
 
-def _killed_and_resumed(run_dir, source_path, kill_at_step):
-    kwargs = _kwargs(run_dir, source_path)
+def _killed_and_resumed(run_dir, source_path, kill_at_step, by_wall_time=False):
+    kwargs = _kwargs(run_dir, source_path, **({"checkpoint_every": 1000, "checkpoint_every_s": 150.0}
+                                              if by_wall_time else {}))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, json.dumps(kwargs), str(kill_at_step)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, json.dumps(kwargs), str(kill_at_step),
+                           str(int(by_wall_time))], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     state = json.loads((run_dir / "metrics.json").read_text())
     assert state["status"] == "running"
@@ -99,7 +108,7 @@ def _assert_same_run(resumed, killed_dir, straight, straight_dir):
 
 @pytest.mark.long  # make test-long
 def test_resume_during_the_first_epoch_is_bit_identical(tmp_path, source_path, straight_run):
-    # Killed after the call that ends at step 8 (checkpointed): resumes inside epoch 1.
+    # Killed after the call that ends at step 8 (checkpointed by steps): resumes inside epoch 1.
     state, resumed = _killed_and_resumed(tmp_path / "killed", source_path, kill_at_step=8)
     assert state["epochs_completed"] == 0
     assert resumed["status"] == "finished" and resumed["resumed_at_steps"] == [8]
@@ -108,8 +117,9 @@ def test_resume_during_the_first_epoch_is_bit_identical(tmp_path, source_path, s
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, source_path, straight_run):
+    # The step-24 checkpoint (epoch 2 of 2) is one taken by wall time (steps: checkpoint_every=1000).
     killed_dir = tmp_path / "killed"
-    state, resumed = _killed_and_resumed(killed_dir, source_path, kill_at_step=24)  # epoch 2 of 2
+    state, resumed = _killed_and_resumed(killed_dir, source_path, kill_at_step=24, by_wall_time=True)
     assert state["epochs_completed"] == 1
     assert resumed["status"] == "finished"
     assert resumed["resumed_at_steps"] == [24]
