@@ -12,12 +12,14 @@ directory per run), `results/<run_id>.json` (one row per run, written atomically
 `results.csv`, `results.jsonl`, `report.md` and `figures/*.png` (see `mk_keras.experiments.results.merge`).
 
 Resuming: rerunning the same sweep skips runs that have a result file; a run killed mid-training resumes
-from its checkpoint (`train` resumes an unfinished run directory), one that crashed is trained again. A run
-whose loss became NaN is recorded with status "failed" and is not retried (delete its result file and run
-directory to retry). A rerun may add seeds, models, depths, source sizes and treatments: sweep.json holds the
-union of every run planned in the directory, so results of earlier invocations stay in the tables; settings
-that change what a run computes (data, training arguments, name, Keras backend, the cross source of existing
-cross runs) must be the same.
+from its checkpoint (`train` resumes an unfinished run directory), and so does one whose training raised an error
+other than a NaN loss (out of memory, I/O, a lost device): the worker retries it up to `max_retries` times, then
+leaves it and its dependents to a rerun (its run directory and checkpoint stay). A metrics.json cut off by a
+crash is the one case trained again from scratch. A run whose loss became NaN is recorded with status "failed"
+and is not retried (delete its result file and run directory to retry). A rerun may add seeds, models, depths,
+source sizes and treatments: sweep.json holds the union of every run planned in the directory, so results of
+earlier invocations stay in the tables; settings that change what a run computes (data, training arguments,
+name, Keras backend, the cross source of existing cross runs) must be the same.
 
 External base A: `base_a_source` gives a model a pretrained or trained source instead of a baseA run (a
 `mk_keras.sources` spec: a PyTorch checkpoint `convnext_tiny:/ckpt/x.pth`, `keras:ConvNeXtTiny:imagenet`, a
@@ -590,8 +592,9 @@ def _write_definition(output_dir, the_plan, poll_s, lock_stale_s):
 
 
 class _Runner:
-    def __init__(self, the_plan, output_dir, train_fn, flags_text, log, poll_s, lock_stale_s):
-        self.plan, self.out, self.train_fn = the_plan, output_dir, train_fn
+    def __init__(self, the_plan, output_dir, train_fn, flags_text, log, poll_s, lock_stale_s, max_retries):
+        self.plan, self.out, self.train_fn, self.max_retries = the_plan, output_dir, train_fn, max_retries
+        self.attempts, self.given_up = {}, {}  # run_id -> failed attempts; run_id -> error of a run left alone
         self.flags_text, self.log, self.poll_s, self.stale = flags_text, log, poll_s, lock_stale_s
         self.trained = 0  # runs this process trained
         self.checked = {}  # model -> record of its external base A, checked by this process
@@ -617,7 +620,7 @@ class _Runner:
         while True:
             locked = []
             for run in order:
-                if results.read_result(self.out, run.run_id) is not None:
+                if run.run_id in self.given_up or results.read_result(self.out, run.run_id) is not None:
                     continue
                 source = self._source_row(run)
                 if source is None:
@@ -641,6 +644,8 @@ class _Runner:
                         row = self._train(run)
                         self.trained += 1
                         self._line(f"{self.trained}/{len(order)}", run, row, secs=time.time() - start)
+                except Exception as e:  # not a NaN loss (a recorded result): out of memory, I/O, a lost device
+                    self._transient(run, e)
                 finally:
                     lock.release()
                 waiting = None
@@ -654,6 +659,18 @@ class _Runner:
                     self.log(f"[wait] nothing ready: {len(locked)} runs locked by other processes (first: "
                              f"{waiting} by {locks.holder(path)})")
                 time.sleep(self.poll_s)
+
+    def _transient(self, run, error):
+        """Count a failed attempt of `run` that left no result; after `max_retries` retries this process leaves
+        it (and its dependents) to a rerun. Its run directory and checkpoint stay: the retry resumes from them."""
+        self.attempts[run.run_id] = self.attempts.get(run.run_id, 0) + 1
+        text = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
+        if self.attempts[run.run_id] > self.max_retries:
+            self.given_up[run.run_id] = text
+            what = "left for a rerun, which resumes it from its checkpoint"
+        else:
+            what = f"retry {self.attempts[run.run_id]} of {self.max_retries} resumes from its checkpoint"
+        self.log(f"[error] {describe(run)}  {text}; {what}")
 
     def _source_row(self, run):
         """The result row of `run`'s source run; {"status": "finished"} when it has none in the plan (or an
@@ -709,14 +726,12 @@ class _Runner:
         kwargs = train_kwargs(run, self.plan.config, self.out)
         try:
             prev = results.read_metrics(kwargs["run_dir"])
-        except ValueError:  # metrics.json cut off by a crash (this process holds the run's lock)
+        except ValueError:  # metrics.json cut off by a crash (this process holds the run's lock): start over
             os.remove(os.path.join(kwargs["run_dir"], "metrics.json"))
-            prev = {"status": "failed"}
+            prev, kwargs["overwrite"] = None, True
         if prev is not None and prev.get("status") == "finished":
             metrics = prev  # killed after training, before the result file was written
-        else:
-            if prev is not None and prev.get("status") == "failed":
-                kwargs["overwrite"] = True  # crashed earlier without a recorded result: start over
+        else:  # a run that crashed or was killed without a recorded result resumes from its checkpoint
             text = (self.flags_text or "") + f"# run {run.run_id} of sweep {self.plan.config.name!r}\n"
             try:
                 metrics = self.train_fn(**kwargs, flags_text=text)
@@ -738,7 +753,7 @@ def claim_order(runs, shard_index=0, num_shards=1):
 
 
 def run_sweep(config, output_dir, *, shard_index=0, num_shards=1, train_fn=None, flags_text=None, log=print,
-              poll_s=5.0, lock_stale_s=900.0):
+              poll_s=5.0, lock_stale_s=900.0, max_retries=2):
     """Plan `config`, claim and train ready runs in `output_dir` (skipping finished ones) until none is left, merge.
 
     Args:
@@ -751,9 +766,14 @@ def run_sweep(config, output_dir, *, shard_index=0, num_shards=1, train_fn=None,
       log: progress lines (one per run).
       poll_s, lock_stale_s: how often to look again when every unfinished run is locked by other processes (or
         waits for such a run), and after how many seconds without a heartbeat a lock counts as abandoned.
+      max_retries: how often this process retries a run whose training raised an error other than a NaN loss
+        (resuming from its checkpoint) before leaving it, and the runs that need it, to a rerun.
     Returns the merged result rows (`results.merge`) of every run planned in `output_dir` so far (see
-    `merge_plans`); rows of unfinished runs are missing.
+    `merge_plans`); rows of unfinished runs are missing. Raises RuntimeError after the merge when runs were left
+    after `max_retries` retries.
     """
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ValueError(f"max_retries={max_retries!r} must be a non-negative integer")
     if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
         raise ValueError(f"num_shards={num_shards!r} must be a positive integer")
     if isinstance(shard_index, bool) or not isinstance(shard_index, int) or not 0 <= shard_index < num_shards:
@@ -766,11 +786,15 @@ def run_sweep(config, output_dir, *, shard_index=0, num_shards=1, train_fn=None,
         results.atomic_write_text(os.path.join(output_dir, "flags.txt"), flags_text)
     worker = f" worker {shard_index}/{num_shards}:" if num_shards > 1 else ""
     log(f"sweep {the_plan.config.name!r}:{worker} {len(the_plan.runs)} runs -> {output_dir}")
-    runner = _Runner(the_plan, output_dir, train_fn or train, flags_text, log, poll_s, lock_stale_s)
+    runner = _Runner(the_plan, output_dir, train_fn or train, flags_text, log, poll_s, lock_stale_s, max_retries)
     start = time.time()
     runner.work(claim_order(the_plan.runs, shard_index, num_shards))
     rows = results.merge(output_dir, poll_s=poll_s, lock_stale_s=lock_stale_s)
     done = sum(r["status"] == "finished" for r in rows)
     log(f"sweep {the_plan.config.name!r}:{worker} trained {runner.trained}; {done}/{len(planned)} runs finished (all "
         f"planned in {output_dir}), {time.time() - start:.0f} s; report: {os.path.join(output_dir, 'report.md')}")
+    if runner.given_up:
+        run_id, error = next(iter(runner.given_up.items()))
+        raise RuntimeError(f"{len(runner.given_up)} runs failed {max_retries + 1} times with errors and have no result "
+                           f"(first: {run_id}: {error}); rerun the sweep to resume them from their checkpoints")
     return rows

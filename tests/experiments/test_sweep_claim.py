@@ -4,6 +4,7 @@ import os
 import threading
 import time
 
+import pytest
 from sweep_helpers import FakeTrain
 
 from mk_keras.experiments import SweepConfig, run_sweep
@@ -60,3 +61,53 @@ def test_two_workers_never_wait_while_a_run_is_ready(tmp_path):
         for (_, idle_from), (idle_to, _) in zip(mine, mine[1:]):
             waiting = [k for k, (a, b) in ready.items() if max(a, idle_from) + 0.05 < min(b, idle_to)]
             assert not waiting, (worker, idle_from, idle_to, waiting)
+
+
+class FlakyTrain(FakeTrain):
+    """Writes a checkpoint marker into the run directory, then raises OSError on the first `failures` calls of
+    `flaky`; later calls find the marker (a resume)."""
+
+    def __init__(self, flaky, failures):
+        super().__init__()
+        self.flaky, self.failures, self.found_marker = flaky, failures, []
+
+    def __call__(self, **kw):
+        run_dir = kw["run_dir"]
+        marker = os.path.join(run_dir, "checkpoint", "state.npz")
+        if os.path.basename(run_dir) == self.flaky:
+            self.found_marker.append(os.path.exists(marker))
+            if self.failures:
+                self.failures -= 1
+                self.calls.append(kw)
+                os.makedirs(os.path.dirname(marker), exist_ok=True)
+                with open(marker, "w") as f:
+                    f.write("step 40")
+                self._write(run_dir, {"status": "failed", "error": "disk I/O error"})
+                raise OSError("disk I/O error")
+        return super().__call__(**kw)
+
+
+def _one_worker(out, fake, **kwargs):
+    return run_sweep(SweepConfig(**CONFIG), str(out), train_fn=fake, log=lambda line: None, poll_s=0.05, **kwargs)
+
+
+def test_a_transient_failure_resumes_from_its_checkpoint(tmp_path):
+    base = "resnet10_cifar-baseA-s0"
+    fake = FlakyTrain(base, failures=1)
+    rows = {r["run_id"]: r for r in _one_worker(tmp_path, fake)}  # retried by the same worker
+    assert fake.run_names()[:2] == [base, base] and fake.found_marker == [False, True]
+    assert not any(kw.get("overwrite") for kw in fake.calls)
+    assert all(r["status"] == "finished" for r in rows.values()) and len(rows) == 8
+
+    # with retries exhausted, the base and its dependents are left to a rerun, which resumes the base
+    fake = FlakyTrain(base, failures=2)
+    out = tmp_path / "rerun"
+    with pytest.raises(RuntimeError, match=f"first: {base}: OSError: disk I/O error"):
+        _one_worker(out, fake, max_retries=1)
+    assert fake.run_names().count(base) == 2 and not any("-AnB-" in n for n in fake.run_names())
+    assert os.path.exists(out / "runs" / base / "checkpoint" / "state.npz")  # the run directory is kept
+    fake = FlakyTrain(base, failures=0)
+    rows = {r["run_id"]: r for r in _one_worker(out, fake)}
+    assert fake.run_names()[0] == base and fake.found_marker == [True] and not fake.calls[0].get("overwrite")
+    assert sorted(fake.run_names()) == sorted([base, *(n for n in rows if "-AnB-" in n)])
+    assert all(r["status"] == "finished" for r in rows.values())

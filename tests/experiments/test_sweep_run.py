@@ -223,11 +223,14 @@ def test_source_sizes_cap_a_only(tmp_path):
 
 def test_a_crashed_run_is_retried_a_nan_run_is_not(tmp_path):
     crashed = "resnet10_cifar-conv-AnB-n3-s0"
-    with pytest.raises(RuntimeError, match="out of memory"):
-        _sweep(tmp_path, FakeTrain(crash={crashed}, fail={"resnet10_cifar-conv-AnB-n1-s0"}))
+    first = FakeTrain(crash={crashed}, fail={"resnet10_cifar-conv-AnB-n1-s0"})
+    with pytest.raises(RuntimeError, match=f"1 runs failed 2 times with errors .*first: {crashed}: RuntimeError: out "
+                                           "of memory.*rerun the sweep to resume them"):
+        _sweep(tmp_path, first, max_retries=1)
+    assert first.run_names().count(crashed) == 2 and len(first.calls) == PLANNED + 1  # the others were trained
     retry = FakeTrain()
     rows = {r["run_id"]: r for r in _sweep(tmp_path, retry)}
-    assert retry.run_names()[0] == crashed and retry.calls[0]["overwrite"] is True
+    assert retry.run_names() == [crashed] and not retry.calls[0].get("overwrite")  # resumed, not started over
     assert rows[crashed]["status"] == "finished" and len(rows) == PLANNED
     assert rows["resnet10_cifar-conv-AnB-n1-s0"]["status"] == "failed"  # recorded NaN: kept
     # a metrics.json cut off by a crash (no result written): trained again from scratch
