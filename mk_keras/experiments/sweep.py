@@ -27,6 +27,13 @@ External base A: `base_a_source` gives a model a pretrained or trained source in
 `sources/<model>.json`: spec, sha256 of the source file, sha256 of the converted file), and the transfers from
 A copy from it; no baseA run is trained for that model.
 
+Run store: with `store` set, a run's directory is `<store>/<key>/` and `runs/<run_id>` is a link to it. The key
+is the run's `RunSpec.spec_hash` (with the Keras backend; the path of a source run replaced by that run's key,
+an external base A by its converted file's sha256), so it names everything the run computes and not the sweep
+it belongs to. A run whose store entry is finished is recorded without training (the ConvNeXt-T bases of two
+presets are trained once); an unfinished entry resumes; an entry is trained under `<store>/locks/<key>.lock`, so
+concurrent sweeps wait for each other instead of training it twice.
+
 Workers: any number of processes (a SLURM job array, several GPUs of one machine) run the same sweep into the
 same output directory. Each repeatedly claims the first ready run in its `claim_order` (bases first) and trains
 it: a run is ready when it has no result, no live process holds its lock file (`mk_keras.experiments.locks`),
@@ -35,6 +42,11 @@ recorded failed. When nothing is ready but runs are locked by other processes, t
 is ready or locked, it merges and exits. So no worker waits while a run is ready, no run is trained twice at
 the same time, and the merged result equals that of one process. `shard_index` / `num_shards` only say which
 runs a worker prefers.
+
+Multi-worker training (`distribution="multi_worker"`, or "auto" with a TF_CONFIG of several tasks): the
+processes of one TF_CONFIG cluster form one sweep worker. The strategy is created once per process, before
+planning; the chief claims runs as above and broadcasts each run it trains, which the other processes train
+with it (a collective, `Distribution.broadcast`), until it broadcasts the end.
 """
 
 import dataclasses
@@ -55,6 +67,7 @@ from mk_keras.experiments.treatments import BASES, TREATMENTS
 from mk_keras.filters import FILTER_KINDS
 from mk_keras.models import create_model, model_family
 from mk_keras.training import MASTER_KEYS, RunSpec, TrainingFailed, train
+from mk_keras.training.distribute import make_distribution, multi_worker_requested
 from mk_keras.training.spec import DELTA
 
 KINDS = (*FILTER_KINDS, "auto")
@@ -92,6 +105,8 @@ class SweepConfig:
         sweep trains baseA); one entry for all models or one per model; empty: every baseA is trained.
       train_args: keyword arguments of `mk_keras.training.train` shared by every run (epochs, batch_size,
         lr, max_per_class, steps_per_epoch, ...), except `PER_RUN_ARGS`.
+      store: a run store shared by sweeps (see the module docstring); None: runs live in the sweep directory.
+        Not compared on resume (it changes where runs live, not what they compute).
     """
 
     name: str = "sweep"
@@ -110,6 +125,7 @@ class SweepConfig:
     cross_channel_map: str | None = "auto"
     base_a_source: list = dataclasses.field(default_factory=list)
     train_args: dict = dataclasses.field(default_factory=dict)
+    store: str | None = None
 
     def data(self, side):
         """(dataset spec, classes) of side "A" or "B"."""
@@ -592,11 +608,16 @@ def _write_definition(output_dir, the_plan, poll_s, lock_stale_s):
 
 
 class _Runner:
-    def __init__(self, the_plan, output_dir, train_fn, flags_text, log, poll_s, lock_stale_s, max_retries):
+    def __init__(self, the_plan, output_dir, train_fn, flags_text, log, poll_s, lock_stale_s, max_retries,
+                 group=None):
         self.plan, self.out, self.train_fn, self.max_retries = the_plan, output_dir, train_fn, max_retries
         self.attempts, self.given_up = {}, {}  # run_id -> failed attempts; run_id -> error of a run left alone
         self.flags_text, self.log, self.poll_s, self.stale = flags_text, log, poll_s, lock_stale_s
         self.trained = 0  # runs this process trained
+        self.store = the_plan.config.store
+        self.by_id = {r.run_id: r for r in the_plan.runs}
+        self.index = {r.run_id: i for i, r in enumerate(the_plan.runs)}
+        self.group = group  # a multi-worker Distribution: its workers train each run together
         self.checked = {}  # model -> record of its external base A, checked by this process
 
     def _line(self, label, run, row, note="", secs=None):
@@ -631,23 +652,30 @@ class _Runner:
                     results.write_result(self.out, row)
                     self._line("failed", run, row)
                     continue
-                lock = self._claim(run)
+                lock = self._claim(results.lock_path(self.out, run.run_id))
                 if lock is None:
                     locked.append(run)
                     continue
+                held = [lock]
                 start = time.time()
                 try:
                     row = results.read_result(self.out, run.run_id)
                     if row is None:
                         if run.source and run.source.startswith(EXTERNAL):
                             self.external(run.source[len(EXTERNAL):])
-                        row = self._train(run)
-                        self.trained += 1
-                        self._line(f"{self.trained}/{len(order)}", run, row, secs=time.time() - start)
+                        if self.store and not self._from_store(run, held):
+                            locked.append(run)  # another sweep trains it into the store
+                            continue
+                        row, trained = self._train(run)
+                        self.trained += trained
+                        label = f"{self.trained}/{len(order)}" if trained else "store"
+                        self._line(label, run, row, "" if trained else f"  (from {self._store_dir(run)})",
+                                   secs=time.time() - start if trained else None)
                 except Exception as e:  # not a NaN loss (a recorded result): out of memory, I/O, a lost device
                     self._transient(run, e)
                 finally:
-                    lock.release()
+                    for each in reversed(held):
+                        each.release()
                 waiting = None
                 break  # scan again from the top: a finished base may have made earlier runs ready
             else:
@@ -659,6 +687,20 @@ class _Runner:
                     self.log(f"[wait] nothing ready: {len(locked)} runs locked by other processes (first: "
                              f"{waiting} by {locks.holder(path)})")
                 time.sleep(self.poll_s)
+
+    def follow(self):
+        """A worker of a multi-worker group that is not its chief: train, in step with the chief, each run the
+        chief broadcasts (into `<run_dir>/worker<i>`, see `mk_keras.training.train`) until it broadcasts -1."""
+        while True:
+            index = self.group.broadcast(-1)
+            if index < 0:
+                return
+            run = self.plan.runs[index]
+            text = (self.flags_text or "") + f"# run {run.run_id} of sweep {self.plan.config.name!r}\n"
+            try:
+                self.train_fn(**train_kwargs(run, self.plan.config, self.out), flags_text=text)
+            except Exception as e:  # the chief records the run's outcome and decides about retries
+                self.log(f"[worker {self.group.task_id}] {describe(run)}  {type(e).__name__}: {e}")
 
     def _transient(self, run, error):
         """Count a failed attempt of `run` that left no result; after `max_retries` retries this process leaves
@@ -672,6 +714,42 @@ class _Runner:
             what = f"retry {self.attempts[run.run_id]} of {self.max_retries} resumes from its checkpoint"
         self.log(f"[error] {describe(run)}  {text}; {what}")
 
+    def store_key(self, run):
+        """The key of `run` in the store: the `spec_hash` of its `RunSpec` with the backend, where the path of a
+        source run is replaced by that run's key and an external base A by its converted file's sha256, so the
+        key covers the whole chain of training that produced the source."""
+        spec = run_spec(run, self.plan.config, self.out)
+        changes = {"backend": self.plan.backend}
+        if run.source:
+            if run.source.startswith(EXTERNAL):
+                ref = "sha256:" + self.external(run.source[len(EXTERNAL):])["keras_sha256"]
+            else:
+                ref = "store:" + self.store_key(self.by_id[run.source])
+            changes["master_key_reference" if spec.uses_master_keys else "source"] = ref
+        return spec.replace(**changes).spec_hash()
+
+    def _store_dir(self, run):
+        return os.path.join(self.store, self.store_key(run))
+
+    def _from_store(self, run, held):
+        """Make `runs/<run_id>` a link to the run's store directory, holding the store entry's lock (appended to
+        `held`); False while another process holds it. A run directory already there (trained without a store)
+        is kept."""
+        link = results.run_dir(self.out, run.run_id)
+        if os.path.isdir(link) and not os.path.islink(link):
+            return True
+        target = os.path.abspath(self._store_dir(run))
+        lock = self._claim(os.path.join(self.store, "locks", f"{os.path.basename(target)}.lock"))
+        if lock is None:
+            return False
+        held.append(lock)
+        os.makedirs(target, exist_ok=True)
+        if not os.path.islink(link) or os.readlink(link) != target:
+            tmp = f"{link}.{os.getpid()}.tmp"
+            os.symlink(target, tmp)
+            os.replace(tmp, link)
+        return True
+
     def _source_row(self, run):
         """The result row of `run`'s source run; {"status": "finished"} when it has none in the plan (or an
         external one), None while the source has no result."""
@@ -679,9 +757,8 @@ class _Runner:
             return {"status": "finished"}
         return results.read_result(self.out, run.source)
 
-    def _claim(self, run):
-        """The held lock of `run`, or None while another live process holds it (a stale lock is broken)."""
-        path = results.lock_path(self.out, run.run_id)
+    def _claim(self, path):
+        """The held lock at `path`, or None while another live process holds it (a stale lock is broken)."""
         lock = locks.Lock(path)
         if lock.acquire() or locks.break_if_stale(path, self.stale) and lock.acquire():
             return lock
@@ -729,17 +806,20 @@ class _Runner:
         except ValueError:  # metrics.json cut off by a crash (this process holds the run's lock): start over
             os.remove(os.path.join(kwargs["run_dir"], "metrics.json"))
             prev, kwargs["overwrite"] = None, True
-        if prev is not None and prev.get("status") == "finished":
-            metrics = prev  # killed after training, before the result file was written
+        trained = not (prev is not None and prev.get("status") == "finished")
+        if not trained:
+            metrics = prev  # in the store, or killed after training before the result file was written
         else:  # a run that crashed or was killed without a recorded result resumes from its checkpoint
             text = (self.flags_text or "") + f"# run {run.run_id} of sweep {self.plan.config.name!r}\n"
+            if self.group is not None:
+                self.group.broadcast(self.index[run.run_id])  # the other workers train it with this one
             try:
                 metrics = self.train_fn(**kwargs, flags_text=text)
             except TrainingFailed as e:
                 metrics = {**(results.read_metrics(kwargs["run_dir"]) or {}), "status": "failed", "error": str(e)}
         row = results.make_row(self.plan.config, run, metrics)
         results.write_result(self.out, row)
-        return row
+        return row, trained
 
 
 def claim_order(runs, shard_index=0, num_shards=1):
@@ -778,17 +858,32 @@ def run_sweep(config, output_dir, *, shard_index=0, num_shards=1, train_fn=None,
         raise ValueError(f"num_shards={num_shards!r} must be a positive integer")
     if isinstance(shard_index, bool) or not isinstance(shard_index, int) or not 0 <= shard_index < num_shards:
         raise ValueError(f"shard_index={shard_index!r} is out of range; allowed: 0..{num_shards - 1}")
+    name = (config.train_args or {}).get("distribution", "auto")
+    # TensorFlow allows one multi-worker strategy per process, created before other TensorFlow work (`plan`
+    # builds models): create it here; every run's `train` gets the same one
+    group = make_distribution(name) if multi_worker_requested(name) else None
     the_plan = plan(config)
+    store = the_plan.config.store
+    if store and os.path.exists(store) and not os.path.isdir(store):
+        raise ValueError(f"store={store!r} is a file; give a directory (created when missing)")
     for sub in ("", "runs", "results", "locks"):
         os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
+    if store:
+        os.makedirs(os.path.join(store, "locks"), exist_ok=True)
     planned = _write_definition(output_dir, the_plan, poll_s, lock_stale_s).runs
     if flags_text is not None:
         results.atomic_write_text(os.path.join(output_dir, "flags.txt"), flags_text)
     worker = f" worker {shard_index}/{num_shards}:" if num_shards > 1 else ""
     log(f"sweep {the_plan.config.name!r}:{worker} {len(the_plan.runs)} runs -> {output_dir}")
-    runner = _Runner(the_plan, output_dir, train_fn or train, flags_text, log, poll_s, lock_stale_s, max_retries)
+    runner = _Runner(the_plan, output_dir, train_fn or train, flags_text, log, poll_s, lock_stale_s, max_retries,
+                     group)
     start = time.time()
-    runner.work(claim_order(the_plan.runs, shard_index, num_shards))
+    if group is not None and not group.is_chief:
+        runner.follow()
+    else:
+        runner.work(claim_order(the_plan.runs, shard_index, num_shards))
+        if group is not None:
+            group.broadcast(-1)  # the other workers stop following
     rows = results.merge(output_dir, poll_s=poll_s, lock_stale_s=lock_stale_s)
     done = sum(r["status"] == "finished" for r in rows)
     log(f"sweep {the_plan.config.name!r}:{worker} trained {runner.trained}; {done}/{len(planned)} runs finished (all "

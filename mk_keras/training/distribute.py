@@ -6,7 +6,8 @@ Names (`DISTRIBUTIONS`):
   default (no-op) strategy. JAX: data_parallel on more than one device, else none.
 - one_device: TF OneDeviceStrategy on the first GPU (or the CPU); JAX: no distribution.
 - mirrored: TF MirroredStrategy over all GPUs, or over all logical CPUs when there is no GPU.
-- multi_worker: TF MultiWorkerMirroredStrategy configured by the TF_CONFIG environment variable.
+- multi_worker: TF MultiWorkerMirroredStrategy configured by the TF_CONFIG environment variable; TensorFlow
+  allows one per process, so it is created once (before other TensorFlow work) and every later call returns it.
 - tpu: TF TPUStrategy on the TPU found by TPUClusterResolver.
 - data_parallel: JAX keras.distribution.DataParallel over all devices.
 
@@ -58,6 +59,18 @@ class Distribution:
         else:
             yield self
 
+    def broadcast(self, value):
+        """The chief's integer `value` on every worker (a collective: every worker calls it, in the same order;
+        the others' `value` is ignored); `value` itself outside multi-worker training."""
+        if self.name != "multi_worker":
+            return value
+        import tensorflow as tf
+
+        mine = [float(value), 1.0] if self.is_chief else [0.0, 0.0]
+        per_replica = self.strategy.run(lambda: tf.constant(mine, tf.float64))
+        total = self.strategy.reduce("SUM", per_replica, axis=None).numpy()
+        return int(round(total[0] / total[1]))  # each of the chief's replicas added (value, 1)
+
     def describe(self):
         return {"name": self.name, "num_replicas": self.num_replicas, "task_type": self.task_type,
                 "task_id": self.task_id, "is_chief": self.is_chief}
@@ -66,6 +79,15 @@ class Distribution:
 def _tf_config_tasks():
     cluster = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("cluster", {})
     return sum(len(v) for v in cluster.values())
+
+
+def multi_worker_requested(name):
+    """True when `make_distribution(name)` makes (or made) a multi-worker strategy on this backend and TF_CONFIG."""
+    return keras.backend.backend() == "tensorflow" and (name == "multi_worker" or name == "auto"
+                                                        and _tf_config_tasks() > 1)
+
+
+_MULTI_WORKER = []  # this process's multi_worker Distribution, once created
 
 
 def make_distribution(name="auto"):
@@ -120,10 +142,12 @@ def _tf_distribution(name):
         if _tf_config_tasks() < 1:
             raise ValueError("distribution='multi_worker' needs the TF_CONFIG environment variable "
                              "(cluster and task); see docs/training.md")
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        resolver = strategy.cluster_resolver
-        return Distribution(name, strategy.num_replicas_in_sync, strategy,
-                            task_type=resolver.task_type, task_id=int(resolver.task_id or 0))
+        if not _MULTI_WORKER:
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            resolver = strategy.cluster_resolver
+            _MULTI_WORKER.append(Distribution(name, strategy.num_replicas_in_sync, strategy,
+                                              task_type=resolver.task_type, task_id=int(resolver.task_id or 0)))
+        return _MULTI_WORKER[0]
     try:  # tpu
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
         tf.config.experimental_connect_to_cluster(resolver)
