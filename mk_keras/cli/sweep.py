@@ -4,6 +4,7 @@
     mk-sweep --flagfile=flags/paper/imagenet_resnet.flags --num_shards=8 --shard_index=$SLURM_ARRAY_TASK_ID
     mk-sweep --output_dir=runs/quickstart --merge_only              # rebuild results/report from result files
     mk-sweep --flagfile=flags/quickstart.flags --dry_run            # print the planned runs
+    mk-sweep --flagfile=flags/paper/imagenet_convnext.flags --smoke   # every arm and treatment, 2 steps, synthetic
     mk-sweep --flagfile=flags/paper/cross_domain_imagenet_food101.flags   # base A: keras:ConvNeXtTiny:imagenet
 
 Rerunning a command resumes it: finished runs are skipped, an interrupted one resumes from its checkpoint.
@@ -11,7 +12,9 @@ A rerun with more seeds, models, depths, source sizes or treatments adds their r
 keep every run planned in the directory (other data, training flags, --name or backend are refused).
 Shards share --output_dir; run i belongs to shard i % num_shards (see docs/sweeps.md). The output directory
 holds flags.txt (this command's flags, shard flags left out), sweep.json, runs/, results/, results.csv,
-results.jsonl, report.md and figures/.
+results.jsonl, report.md and figures/. --smoke runs the sweep's smoke version (mk_keras.experiments.smoke: synthetic
+data of the same shapes and class counts, 2 steps per run, one depth per treatment) into <output_dir>/smoke, prints
+PASS/FAIL per run and exits 1 if any failed.
 """
 
 import functools
@@ -26,7 +29,8 @@ PROG = "mk-sweep"
 # train() flags the sweep sets per run (or, for --seed, lists as --seeds).
 _PER_RUN = ("model", "dataset", "classes", "run_dir", "seed", "init_seed", "data_seed", "overwrite")
 # Flags that say how this process takes part, not what the sweep is: left out of flags.txt.
-_NOT_STORED = ("shard_index", "num_shards", "merge_only", "dry_run")
+_NOT_STORED = ("shard_index", "num_shards", "merge_only", "dry_run", "smoke")
+SMOKE_DIR = "smoke"
 
 
 def define_flags(fv):
@@ -71,11 +75,15 @@ def define_flags(fv):
     d.DEFINE_boolean("merge_only", False, "Only rebuild results.csv/jsonl, figures and report.md from the "
                      "result files in --output_dir (its sweep.json defines the runs).", flag_values=fv)
     d.DEFINE_boolean("dry_run", False, "Print the planned runs and their shards; train nothing.", flag_values=fv)
+    d.DEFINE_boolean("smoke", False, "Check the sweep before booking GPU time: every arm and treatment (one depth) "
+                     "for 2 steps on synthetic data of the same image shapes and class counts, into "
+                     "<output_dir>/smoke (replaced each time); PASS/FAIL per run, exit status 1 if any failed.",
+                     flag_values=fv)
     d.DEFINE_float("lock_stale_s", 900.0, "A run lock not refreshed for this many seconds (its holder was "
                    "killed on another machine) is taken over.", lower_bound=1.0, flag_values=fv)
     names = ["name", "output_dir", "dataset_a", "classes_a", "dataset_b", "classes_b", "models", "kinds", "depths",
              "treatments", "seeds", "source_sizes", "cross_source", "cross_kernel_map", "cross_channel_map",
-             "base_a_source", "shard_index", "num_shards", "merge_only", "dry_run", "lock_stale_s"]
+             "base_a_source", "shard_index", "num_shards", "merge_only", "dry_run", "smoke", "lock_stale_s"]
     return names, common.define_training_flags(fv, exclude=_PER_RUN)
 
 
@@ -104,12 +112,22 @@ def config_from_flags(fv, training_names):
 
 
 def run(config, output_dir, shard_index=0, num_shards=1, merge_only=False, dry_run=False, flags_text=None,
-        lock_stale_s=900.0, train_fn=None, log=None):
-    """Plan (dry_run), merge (merge_only) or run one shard of the sweep `config` into `output_dir`;
-    returns the plan (dry_run) or the merged result rows."""
+        lock_stale_s=900.0, train_fn=None, log=None, smoke=False):
+    """Plan (dry_run), merge (merge_only), smoke-test (smoke: into output_dir/smoke) or run one shard of the sweep
+    `config` into `output_dir`; returns the plan (dry_run), whether every smoke run passed, or the merged rows."""
     from mk_keras.experiments import plan, results, run_sweep
 
     log = log or functools.partial(print, flush=True)
+    if smoke:
+        conflicts = [f for f, on in (("--merge_only", merge_only), ("--dry_run", dry_run),
+                                     ("--num_shards", num_shards > 1)) if on]
+        if conflicts:
+            raise ValueError(f"--smoke runs the whole smoke sweep in one process; it does not combine with "
+                             f"{conflicts[0]}")
+        from mk_keras.experiments.smoke import run_smoke
+
+        return run_smoke(config, os.path.join(output_dir, SMOKE_DIR), train_fn=train_fn,
+                         flags_text=None if flags_text is None else flags_text + "--smoke\n", log=log)
     if merge_only:
         rows = results.merge(output_dir, lock_stale_s=lock_stale_s)
         definition = results.load_definition(output_dir)
@@ -140,8 +158,13 @@ def main(argv, train_fn=None):
         output_dir = fv.output_dir or os.path.join("runs", fv.name)
         stored = [n for n in names["sweep"] if n not in _NOT_STORED] + names["training"]
         config = None if fv.merge_only else config_from_flags(fv, names["training"])
-        run(config, output_dir, fv.shard_index, fv.num_shards, fv.merge_only, fv.dry_run,
-            flags_text=common.flagfile_text(fv, stored, PROG), lock_stale_s=fv.lock_stale_s, train_fn=train_fn)
+        passed = run(config, output_dir, fv.shard_index, fv.num_shards, fv.merge_only, fv.dry_run,
+                     flags_text=common.flagfile_text(fv, stored, PROG), lock_stale_s=fv.lock_stale_s,
+                     train_fn=train_fn, smoke=fv.smoke)
+        if fv.smoke and not passed:
+            from mk_keras.training import TrainingFailed
+
+            raise TrainingFailed(f"smoke test of {fv.name!r} failed (see the FAIL lines above)")
 
     return common.execute(PROG, define, call, argv)
 

@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from mk_keras.data import sources
+from mk_keras.data import sources, synthetic
 from mk_keras.data.splits import resolve_classes
 
 log = logging.getLogger(__name__)
@@ -16,8 +16,8 @@ _EMBEDDED = ("fashion_mnist", "animal_mnist", "digits")
 
 
 def list_datasets():
-    """Accepted dataset specs: embedded names and the `tfds:` / `folder:` prefixes."""
-    return [*_EMBEDDED, "tfds:NAME[/CONFIG]", "folder:PATH"]
+    """Accepted dataset specs: embedded names and the `tfds:` / `folder:` / `synthetic:` prefixes."""
+    return [*_EMBEDDED, "tfds:NAME[/CONFIG]", "folder:PATH", synthetic.SPEC_FORMAT]
 
 
 @dataclasses.dataclass
@@ -91,6 +91,8 @@ def _source(spec, split, data_dir, manual_dir, download):
         return sources.tfds_source(spec[5:], split, data_dir=data_dir, manual_dir=manual_dir, download=download)
     if spec.startswith("folder:") and len(spec) > 7:
         return sources.folder(spec[7:], split)
+    if spec.startswith(synthetic.PREFIX):
+        return synthetic.source(spec[len(synthetic.PREFIX):], split)
     raise ValueError(f"unknown dataset spec {spec!r}; available: {list_datasets()}.")
 
 
@@ -188,8 +190,8 @@ def load(
     """Load a labelled image dataset, optionally restricted to a class split.
 
     Args:
-      spec: "fashion_mnist", "animal_mnist", "digits", "tfds:NAME[/CONFIG]" or "folder:PATH"
-        (`list_datasets()`).
+      spec: "fashion_mnist", "animal_mnist", "digits", "tfds:NAME[/CONFIG]", "folder:PATH" or generated
+        "synthetic:K:HxWxC:N[:jpeg]" (`mk_keras.data.synthetic`; `list_datasets()`).
       split: "train" or "test"; TFDS also takes its own split names ("validation", "train[:10%]", ...) and
         maps "test" to "validation" where the test split is missing or unlabelled (imagenet2012).
       classes: a class selection for `resolve_classes` (named split, index/name list, ...); labels are
