@@ -33,6 +33,7 @@ from mk_keras.filters import iter_layers
 from mk_keras.master_keys import assign_master_keys
 from mk_keras.models import create_model
 from mk_keras.training import checkpoint, recipe, rundir
+from mk_keras.training import reuse as reuse_cache
 from mk_keras.training.callbacks import EpochScalars, KeepRawWeights, RunMonitor
 from mk_keras.training.distribute import make_distribution
 from mk_keras.training.hparams import log_hparams
@@ -180,7 +181,7 @@ def initial_weight_hashes(model):
 
 
 def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=False, verbose=None,
-          flags_text=None, **fields):
+          flags_text=None, reuse=False, **fields):
     """Train the run `spec` describes (a `RunSpec`, or its fields as keywords) and return its metrics.
 
     Spec fields (see `RunSpec`):
@@ -213,7 +214,10 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
     `checkpoint_every` steps or `checkpoint_every_s` seconds and at every epoch end, written in the background);
     `init_hook(model) -> dict` runs after build and transfer, inside the strategy scope, before compiling (its
     dict goes to metrics["init_hook"]); extra Keras `callbacks`; `flags_text` is stored as flags.txt; `verbose`
-    (None: a progress bar on a terminal).
+    (None: a progress bar on a terminal); `reuse=True` trains on a compiled model kept from an earlier run of
+    this process with the same architecture, frozen set and recipe when there is one, skipping compiling and
+    tracing, with bit-identical results (`mk_keras.training.reuse`; TensorFlow without a distribution strategy
+    or mixed_float16 or `init_hook` only; elsewhere ignored). Sweeps turn it on.
 
     Returns the metrics dict written to `run_dir/metrics.json`: "status", final test "top1"/"top5"/"loss",
     per-epoch "epochs", "params" (total/trainable/non_trainable/frozen), "frozen_layers", "transfer",
@@ -305,10 +309,22 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
             hook_result = init_hook(net) if init_hook is not None else None
             schedule = recipe.lr_schedule(peak_lr, total_steps, warmup_steps, spec.min_lr_ratio)
             optimizer = recipe.make_optimizer(net, schedule, spec.weight_decay, spec.ema, spec.ema_momentum)
-            recipe.compile_model(net, optimizer, num_classes, spec.label_smoothing, spec.jit_compile, spe)
-            _build_training_state(net, num_classes)
-            if dist.name == "multi_worker":
-                _build_for_multi_worker(net)
+            compile_args = {"num_classes": num_classes, "label_smoothing": spec.label_smoothing,
+                            "jit_compile": recipe.resolve_jit_compile(spec.jit_compile), "steps_per_execution": spe}
+            cache = reuse_cache.CACHE if reuse and reuse_cache.supported(dist.name, precision, init_hook) else None
+            key = cached = None
+            if cache is not None:
+                key = reuse_cache.trace_key(net, optimizer, compile_args, precision)
+                cached = cache.adopt(key, net)
+            if cached is not None:
+                net = cached  # compiled and traced by an earlier run; now holding this run's initial values
+            else:
+                recipe.compile_model(net, optimizer, **compile_args)
+                _build_training_state(net, num_classes)
+                if dist.name == "multi_worker":
+                    _build_for_multi_worker(net)
+                if cache is not None:
+                    cache.put(key, net)
 
         pipeline = {"batch_size": batch_size, "image_size": (height, width), "channels": channels,
                     "deterministic": spec.deterministic}

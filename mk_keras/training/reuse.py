@@ -1,0 +1,100 @@
+"""Reuse compiled models, and so their traced train and test functions, across the runs of one process.
+
+A sweep trains many short runs; tracing the train and test steps and building the training state cost as much as
+training a quickstart run. The traced step depends on the architecture, which variables are trainable, the
+optimizer, loss and metric settings, precision, steps per execution and input shape, but not on the values of
+the variables. `ModelCache` keeps the last few compiled models under a key made of all of that (`trace_key`).
+A run whose key is cached still builds its fresh model as usual (seeded initial weights, transfer, freezing);
+`ModelCache.adopt` then copies every variable of the fresh model (weights, normalisation statistics, random-seed
+states) into the cached model, puts its optimizer variables back to their values right after they were built
+(iteration count, moments, EMA) and resets its metrics, and training continues on the cached model: Keras
+reuses its `train_function` / `test_function` (`make_*_function(force=False)` returns them), so nothing is
+compiled or traced again. A run through the cache is bit-identical to the same run trained fresh
+(tests/training/test_reuse.py).
+
+`supported` says where the cache is used: the TensorFlow backend without a distribution strategy, without
+`mixed_float16` (its loss-scale state is not reset here) and without an `init_hook` (arbitrary code may change
+what a step traces, e.g. a Python attribute a layer's `call` reads, which the key cannot see).
+"""
+
+import collections
+import hashlib
+import json
+
+import keras
+import numpy as np
+
+
+def supported(distribution_name, precision, init_hook):
+    """Whether a run with these settings may train through the cache (see the module docstring)."""
+    return (keras.backend.backend() == "tensorflow" and distribution_name == "default"
+            and precision != "mixed_float16" and init_hook is None)
+
+
+def trace_key(model, optimizer, compile_args, precision):
+    """sha256 of everything a traced train or test step of `model` depends on: its class and config (layers,
+    their `trainable` flags and dtype policies, the input shape), each variable's path, shape, dtype and
+    `trainable` flag, the optimizer's config (learning-rate schedule, decay, betas, EMA, clipping) and which
+    variables it does not decay, the `compile` arguments, the precision, and TensorFlow op determinism."""
+    from tensorflow.python.framework import config as tf_config  # no public getter for op determinism
+
+    exempt = getattr(optimizer, "_exclude_from_weight_decay", None) or set()
+    parts = {
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "config": model.get_config(),
+        "variables": [(v.path, tuple(v.shape), str(v.dtype), bool(v.trainable), id(v) in exempt)
+                      for v in model.variables],
+        "optimizer": [f"{type(optimizer).__module__}.{type(optimizer).__qualname__}", optimizer.get_config()],
+        "compile": compile_args,
+        "precision": precision,
+        "op_determinism": tf_config.is_op_determinism_enabled(),
+        "backend": keras.backend.backend(),
+    }
+    text = json.dumps(parts, sort_keys=True, default=repr)  # repr of an unknown object: a miss, never a false hit
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class ModelCache:
+    """The last `max_entries` compiled models, by `trace_key` (least recently used dropped first)."""
+
+    def __init__(self, max_entries=4):
+        self.max_entries = max_entries
+        self._entries = collections.OrderedDict()
+        self.hits = self.misses = 0
+
+    def __len__(self):
+        return len(self._entries)
+
+    def clear(self):
+        self._entries.clear()
+
+    def put(self, key, model):
+        """Keep `model`, compiled and with its training state built, untrained: the values of its optimizer
+        variables now are the ones `adopt` restores."""
+        self._entries[key] = (model, [np.array(keras.ops.convert_to_numpy(v)) for v in model.optimizer.variables])
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def adopt(self, key, fresh):
+        """The cached model of `key` holding the values of `fresh`'s variables, with a fresh optimizer state and
+        reset metrics; None (a miss) when `key` is not cached."""
+        if key not in self._entries:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        model, optimizer_values = self._entries[key]
+        for target, source in zip(model.variables, fresh.variables, strict=True):
+            if target.path != source.path:  # the key covers the paths: this would be a bug here
+                raise RuntimeError(f"cached model variable {target.path} != fresh {source.path}")
+            target.assign(source.value)
+        for variable, value in zip(model.optimizer.variables, optimizer_values, strict=True):
+            variable.assign(value)
+        model.reset_metrics()
+        model.stop_training = False
+        return model
+
+
+CACHE = ModelCache()
+"""The process-wide cache `train(..., reuse=True)` uses."""

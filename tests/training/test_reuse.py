@@ -1,0 +1,97 @@
+"""Runs trained through the model cache (`train(reuse=True)`) are bit-identical to the same runs trained fresh."""
+
+import keras
+import numpy as np
+import pytest
+
+from mk_keras import create_model
+from mk_keras.training import reuse, train
+
+MODEL = "convnext_micro_cifar"
+ARGS = dict(model=MODEL, dataset="digits", max_per_class=8, eval_max_per_class=2, batch_size=8, epochs=2,
+            steps_per_epoch=2, steps_per_execution=2, eval_every=0, drop_path_rate=0.2, deterministic=True,
+            verbose=0)
+
+
+class _Final(keras.callbacks.Callback):
+    """Every variable of the trained model at the end of training, and the model itself."""
+
+    def on_train_end(self, logs=None):
+        self.values = {v.path: keras.ops.convert_to_numpy(v).copy() for v in self.model.variables}
+        self.net = self.model
+
+
+def _train(reuse_, **kwargs):
+    final = _Final()
+    metrics = train(**ARGS, **kwargs, reuse=reuse_, callbacks=[final])
+    return metrics, final
+
+
+def _same(a, b):
+    (ma, fa), (mb, fb) = a, b
+    for key in ("top1", "top5", "loss", "initial_weights", "frozen_layers", "params", "transfer", "spec_hash"):
+        assert ma[key] == mb[key], key
+    untimed = [[{k: v for k, v in e.items() if k != "wall_time_s"} for e in m["epochs"]] for m in (ma, mb)]
+    assert untimed[0] == untimed[1]
+    assert fa.values.keys() == fb.values.keys()
+    for path, value in fa.values.items():
+        np.testing.assert_array_equal(value, fb.values[path], err_msg=path)
+
+
+@pytest.fixture
+def cache(monkeypatch):
+    fresh = reuse.ModelCache()
+    monkeypatch.setattr(reuse, "CACHE", fresh)
+    return fresh
+
+
+@pytest.fixture(scope="module")
+def source_path(tmp_path_factory):
+    keras.utils.set_random_seed(123)
+    path = tmp_path_factory.mktemp("source") / "source.keras"
+    create_model(MODEL, 10).save(path)
+    return str(path)
+
+
+def test_cache_hit_is_bit_identical_to_a_fresh_run(cache, source_path, tmp_path):
+    _train(True, n=2, seed=0)  # random_frozen n=2: a miss that fills the cache (and trains its model)
+    assert (cache.hits, cache.misses, len(cache)) == (0, 1, 1)
+    # AnB n=2 at another seed: the same frozen layers, so the same traced functions
+    hit = _train(True, source=source_path, n=2, seed=1, run_dir=tmp_path / "hit")
+    assert (cache.hits, cache.misses) == (1, 1)
+    fresh = _train(False, source=source_path, n=2, seed=1)
+    assert (cache.hits, cache.misses) == (1, 1)
+    assert hit[1].net is not fresh[1].net
+    _same(hit, fresh)
+    # the frozen kernels are still the source's, bit for bit
+    source = keras.saving.load_model(source_path)
+    assert len(hit[0]["frozen_layers"]) == 2
+    for layer in hit[0]["frozen_layers"]:
+        np.testing.assert_array_equal(hit[1].values[f"{layer}/kernel"],
+                                      keras.ops.convert_to_numpy(source.get_layer(layer).kernel), layer)
+    # the cached model has the fresh model's architecture, and its saved file holds this run's weights
+    assert hit[1].net.get_config() == fresh[1].net.get_config()
+    saved = keras.saving.load_model(tmp_path / "hit" / "model.keras")
+    assert [w.path for w in saved.weights] == [w.path for w in fresh[1].net.weights]
+    for w in saved.weights:
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(w), fresh[1].values[w.path], err_msg=w.path)
+    assert not any(w.trainable for name in hit[0]["frozen_layers"] for w in saved.get_layer(name).weights)
+
+
+@pytest.mark.long  # make test-long
+def test_a_sweep_sequence_through_the_cache_matches_fresh_runs(cache, source_path):
+    sequence = [
+        dict(seed=0),  # baseB: miss
+        dict(source=source_path, n=2, seed=0),  # AnB n=2: miss
+        dict(n=2, seed=1),  # random_frozen n=2: hit
+        dict(source=source_path, n=2, seed=1, kernel_transform="shuffle"),  # shuffled n=2: hit
+        dict(n=3, seed=0),  # another frozen set: miss
+        dict(seed=1),  # baseB again: hit, after a model of another key trained
+    ]
+    pattern = []
+    for kwargs in sequence:
+        hits = cache.hits
+        through_cache = _train(True, **kwargs)
+        pattern.append(cache.hits > hits)
+        _same(through_cache, _train(False, **kwargs))
+    assert pattern == [False, False, True, True, False, True]
