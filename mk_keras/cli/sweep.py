@@ -52,7 +52,7 @@ def define_flags(fv):
                   "another kind).", flag_values=fv)
     d.DEFINE_list("kinds", ["auto"], "Filter kind per model (depthwise, pointwise, conv, auto = depthwise "
                   "when the model has depthwise layers, else conv); one for all or one per model.", flag_values=fv)
-    d.DEFINE_list("depths", ["all"], "Transfer depths n: integers, 'all' (1..L) and/or 'spread:K' (K depths "
+    d.DEFINE_list("depths", ["all"], "Transfer depths n: integers, 'all' (1..L), 'last' (L) and/or 'spread:K' (K depths "
                   "evenly spaced over 1..L).", flag_values=fv)
     d.DEFINE_list("treatments", ["baseA", "baseB", "AnB", "BnB"], f"Treatments: {', '.join(TREATMENTS)}.",
                   flag_values=fv)
@@ -81,9 +81,12 @@ def define_flags(fv):
                      flag_values=fv)
     d.DEFINE_float("lock_stale_s", 900.0, "A run lock not refreshed for this many seconds (its holder was "
                    "killed on another machine) is taken over.", lower_bound=1.0, flag_values=fv)
+    d.DEFINE_string("store", None, "Run store shared by sweeps: runs live in STORE/<spec hash>/ and a run already "
+                    "finished there is reused, not retrained (docs/cluster.md).", flag_values=fv)
     names = ["name", "output_dir", "dataset_a", "classes_a", "dataset_b", "classes_b", "models", "kinds", "depths",
              "treatments", "seeds", "source_sizes", "cross_source", "cross_kernel_map", "cross_channel_map",
-             "base_a_source", "shard_index", "num_shards", "merge_only", "dry_run", "smoke", "lock_stale_s"]
+             "base_a_source", "shard_index", "num_shards", "merge_only", "dry_run", "smoke", "lock_stale_s",
+             "store"]
     return names, common.define_training_flags(fv, exclude=_PER_RUN)
 
 
@@ -107,7 +110,7 @@ def config_from_flags(fv, training_names):
         treatments=fv.treatments, seeds=_ints(fv.seeds, "seeds"), source_sizes=_ints(fv.source_sizes, "source_sizes"),
         cross_source=fv.cross_source, cross_kernel_map=None if fv.cross_kernel_map == "none" else fv.cross_kernel_map,
         cross_channel_map=None if fv.cross_channel_map == "none" else fv.cross_channel_map,
-        base_a_source=fv.base_a_source, train_args=train_args,
+        base_a_source=fv.base_a_source, train_args=train_args, store=fv.store,
     )
 
 
