@@ -93,7 +93,7 @@ class SweepConfig:
       kinds: filter kind per model ("depthwise", "pointwise", "conv" or "auto": depthwise when the model has
         depthwise layers, else conv); one entry for all models or one per model. A model may be listed
         twice with different kinds (its base models are shared).
-      depths: transfer depths n: integers, "all" (1..L) and/or "spread:K" (K depths evenly spaced over
+      depths: transfer depths n: integers, "all" (1..L), "last" (L) and/or "spread:K" (K depths evenly spaced over
         1..L, both ends included), L = the model's number of `kind` layers.
       treatments: names from `TREATMENTS`. Transfer treatments need their source base and baseB.
       seeds: one base pair and one run per treatment and n for each seed.
@@ -225,12 +225,14 @@ def _as_list(value, what):
 
 
 def resolve_depths(tokens, layers, what):
-    """Sorted depths from `tokens` (ints, "all", "spread:K") for a model with `layers` layers."""
+    """Sorted depths from `tokens` (ints, "all", "last" (= L), "spread:K") for a model with `layers` layers."""
     out = set()
     for token in tokens:
         text = str(token).strip()
         if text == "all":
             out.update(range(1, layers + 1))
+        elif text == "last":
+            out.add(layers)
         elif text.startswith("spread:") and text[7:].isdigit() and int(text[7:]) >= 2:
             count = int(text[7:])
             out.update(int(round(x)) for x in np.linspace(1, layers, min(count, layers)))
@@ -240,7 +242,7 @@ def resolve_depths(tokens, layers, what):
                 raise ValueError(f"depth n={n} is out of range for {what}: allowed 1..{layers}")
             out.add(n)
         else:
-            raise ValueError(f"depth {token!r} is not an integer, 'all' or 'spread:K' (K >= 2)")
+            raise ValueError(f"depth {token!r} is not an integer, 'all', 'last' or 'spread:K' (K >= 2)")
     return tuple(sorted(out))
 
 

@@ -16,6 +16,8 @@ MODEL_CONFIGS = {
     # (filters, kernel, stride, max-pool after)
     "alexnet": {"convs": [(96, 11, 4, True), (256, 5, 1, True), (384, 3, 1, False), (384, 3, 1, False), (256, 3, 1, True)], "fc": 4096, "first_padding": "valid"},
     "alexnet_cifar": {"convs": [(64, 5, 1, True), (192, 5, 1, True), (384, 3, 1, False), (256, 3, 1, False), (256, 3, 1, True)], "fc": 1024, "first_padding": "same"},
+    # CPU scale (the Fig. 3 claim preset): alexnet_cifar at quarter width.
+    "alexnet_small_cifar": {"convs": [(16, 5, 1, True), (48, 5, 1, True), (96, 3, 1, False), (64, 3, 1, False), (64, 3, 1, True)], "fc": 256, "first_padding": "same"},
 }
 
 
@@ -61,3 +63,6 @@ def _variant(config_name, default_shape):
 
 register_model("alexnet", "alexnet", "Yosinski 2014 AlexNet-style CNN, 227 px")(_variant("alexnet", (227, 227, 3)))
 register_model("alexnet_cifar", "alexnet", "AlexNet-style CNN for 32 px inputs")(_variant("alexnet_cifar", (32, 32, 3)))
+register_model("alexnet_small_cifar", "alexnet", "alexnet_cifar at quarter width, 32 px")(
+    _variant("alexnet_small_cifar", (32, 32, 3))
+)

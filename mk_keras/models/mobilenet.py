@@ -97,10 +97,11 @@ def MobileNetV2(
     return keras.Model(inputs, x, name=name)
 
 
-def _variant(cifar):
+def _variant(cifar, alpha=1.0):
     def build(num_classes=1000, input_shape=None, name=None, **overrides):
         kwargs = {
             **MODEL_CONFIGS["mobilenetv2"],
+            "alpha": alpha,
             "small_inputs": cifar,
             "input_shape": tuple(input_shape or ((32, 32, 3) if cifar else (224, 224, 3))),
             **overrides,
@@ -113,4 +114,8 @@ def _variant(cifar):
 register_model("mobilenetv2", "mobilenetv2", "MobileNetV2 (alpha 1.0), 224 px")(_variant(cifar=False))
 register_model("mobilenetv2_cifar", "mobilenetv2", "MobileNetV2, strides 1 in stages 1-2, 32 px")(
     _variant(cifar=True)
+)
+# CPU scale (the cross-architecture claim preset): keras.applications' smallest width, alpha 0.35.
+register_model("mobilenetv2_035_cifar", "mobilenetv2", "MobileNetV2 alpha 0.35, strides 1 in stages 1-2, 32 px")(
+    _variant(cifar=True, alpha=0.35)
 )

@@ -25,8 +25,15 @@ MODEL_CONFIGS = {
     "resnet101": {"block": "bottleneck", "depths": [3, 4, 23, 3]},
     "resnet152": {"block": "bottleneck", "depths": [3, 8, 36, 3]},
 }
-# CPU-scale config (only as a *_cifar variant): the quickstart's fast regular CNN.
-CPU_CONFIGS = {"resnet10": {"block": "basic", "depths": [1, 1, 1, 1], "widths": [24, 48, 96, 192]}}
+# CPU-scale configs (only as *_cifar variants): the quickstart's fast regular CNN, and ResNet-18/34/50 at quarter
+# width (16..128 channels, ~1/16 of the FLOPs) for the CPU-scale claim presets (flags/claims/).
+_QUARTER = [16, 32, 64, 128]
+CPU_CONFIGS = {
+    "resnet10": {"block": "basic", "depths": [1, 1, 1, 1], "widths": [24, 48, 96, 192]},
+    "resnet18_w16": {**MODEL_CONFIGS["resnet18"], "widths": _QUARTER},
+    "resnet34_w16": {**MODEL_CONFIGS["resnet34"], "widths": _QUARTER},
+    "resnet50_w16": {**MODEL_CONFIGS["resnet50"], "widths": _QUARTER},
+}
 _BN_MOMENTUM = 0.9
 
 
@@ -134,6 +141,10 @@ def _variant(config, cifar):
 for _name, _config in MODEL_CONFIGS.items():
     register_model(_name, "resnet", f"{_name}, 224 px")(_variant(_config, cifar=False))
     register_model(f"{_name}_cifar", "resnet", f"{_name}, 3x3 stem, 32 px")(_variant(_config, cifar=True))
-register_model("resnet10_cifar", "resnet", "ResNet-10 at quarter width, 3x3 stem, 32 px")(
+register_model("resnet10_cifar", "resnet", "ResNet-10 at 3/8 width, 3x3 stem, 32 px")(
     _variant(CPU_CONFIGS["resnet10"], cifar=True)
 )
+for _depth in (18, 34, 50):
+    register_model(f"resnet{_depth}_w16_cifar", "resnet", f"ResNet-{_depth} at quarter width (16..128), 3x3 stem, 32 px")(
+        _variant(CPU_CONFIGS[f"resnet{_depth}_w16"], cifar=True)
+    )

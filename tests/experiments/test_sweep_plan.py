@@ -39,6 +39,8 @@ def test_plan_runs_order_and_auto_kinds():
 def test_depth_tokens():
     assert resolve_depths(["all"], 5, "m") == (1, 2, 3, 4, 5)
     assert resolve_depths(["spread:5"], 9, "m") == (1, 3, 5, 7, 9)
+    assert resolve_depths(["last"], 17, "m") == (17,)
+    assert resolve_depths(["last", "1"], 5, "m") == (1, 5)
     assert resolve_depths(["spread:3", "2"], 18, "m") == (1, 2, 10, 18)
     assert resolve_depths(["spread:9"], 4, "m") == (1, 2, 3, 4)
 
@@ -106,7 +108,7 @@ def test_paired_kinds_share_bases():
     (dict(treatments=["baseA", "BnB+"]), "treatment 'BnB+' needs 'baseB' (its source)"),
     (dict(depths=["7"]), "depth n=7 is out of range for convnext_micro_cifar (5 depthwise layers): allowed 1..5"),
     (dict(depths=["0"]), "depth n=0 is out of range"),
-    (dict(depths=["deep"]), "depth 'deep' is not an integer, 'all' or 'spread:K' (K >= 2)"),
+    (dict(depths=["deep"]), "depth 'deep' is not an integer, 'all', 'last' or 'spread:K' (K >= 2)"),
     (dict(depths=["spread:1"]), "depth 'spread:1' is not an integer"),
     (dict(kinds=["sparse"]), "unknown filter kind 'sparse'"),
     (dict(kinds=["depthwise"]), "model 'resnet10_cifar' has no depthwise layers"),
