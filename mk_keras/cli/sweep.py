@@ -52,8 +52,8 @@ def define_flags(fv):
                   "another kind).", flag_values=fv)
     d.DEFINE_list("kinds", ["auto"], "Filter kind per model (depthwise, pointwise, conv, auto = depthwise "
                   "when the model has depthwise layers, else conv); one for all or one per model.", flag_values=fv)
-    d.DEFINE_list("depths", ["all"], "Transfer depths n: integers, 'all' (1..L), 'last' (L) and/or 'spread:K' (K depths "
-                  "evenly spaced over 1..L).", flag_values=fv)
+    d.DEFINE_list("depths", ["all"], "Transfer depths n: integers, 'all' (1..L), 'last' (L) and/or 'spread:K' "
+                  "(K depths evenly spaced over 1..L).", flag_values=fv)
     d.DEFINE_list("treatments", ["baseA", "baseB", "AnB", "BnB"], f"Treatments: {', '.join(TREATMENTS)}.",
                   flag_values=fv)
     d.DEFINE_list("seeds", ["0"], "Seeds; each gets its own base models.", flag_values=fv)
