@@ -141,8 +141,9 @@ def _failing_as_run_failure(train_fn):
         except TrainingFailed:
             raise
         except Exception as e:  # the smoke's point: report every failing run, not stop at the first
-            line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise TrainingFailed(f"{type(e).__name__}: {line}") from e
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            # a tf.function error starts with "in user code:" and ends with the error itself
+            raise TrainingFailed(f"{type(e).__name__}: {lines[-1] if lines else ''}") from e
 
     return train
 

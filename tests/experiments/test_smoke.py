@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 from absl import flags
+from sweep_helpers import FakeTrain
 
 from mk_keras.cli import sweep as cli
 from mk_keras.data import synthetic
@@ -108,6 +109,22 @@ def test_smoke_config_of_every_preset(tmp_path, path):
     if config.base_a_source:
         assert any("random weights" in line and "nothing downloaded" in line for line in lines)
         assert all(":imagenet" not in s for s in smoke.base_a_source)
+
+
+def test_a_failing_run_is_reported_and_the_rest_still_run(tmp_path, capsys):
+    preset = os.path.join(os.path.dirname(PAPER[0]), "cross_domain_cifar100_svhn.flags")
+    fake = FakeTrain(crash={"convnext_atto_cifar-baseA-s0"})  # raises RuntimeError("out of memory")
+    status = cli.main(["mk-sweep", f"--flagfile={preset}", "--models=convnext_atto_cifar",
+                       "--treatments=baseA,baseB,AnB", "--smoke", f"--output_dir={tmp_path}"], train_fn=fake)
+    captured = capsys.readouterr()
+    assert status == 1
+    assert captured.err == ("mk-sweep: error: smoke test of 'cross_domain_cifar100_svhn' failed (see the FAIL lines "
+                            "above)\n")
+    assert "FAIL  convnext_atto_cifar-baseA-s0  failed: RuntimeError: out of memory" in captured.out
+    assert "PASS  convnext_atto_cifar-baseB-s0" in captured.out
+    assert ("FAIL  convnext_atto_cifar-depthwise-AnB-n12-s0  failed: source run convnext_atto_cifar-baseA-s0 failed"
+            in captured.out)
+    assert "1/3 runs passed" in captured.out
 
 
 def test_smoke_with_merge_only_is_a_usage_error(tmp_path, capsys):
