@@ -34,13 +34,35 @@ def to_numpy(variable):
     return np.asarray(keras.ops.convert_to_numpy(value))
 
 
-def snapshot(model, meta):
+def reader(variables):
+    """A function returning the values of `variables` as NumPy arrays. TensorFlow backend, variables not
+    distributed: one compiled read of all of them (reading them one by one costs ~0.3-0.6 ms of eager dispatch
+    each, ~0.2 s for ConvNeXt-atto's 516 model, optimizer and metric variables on 2 CPU cores); otherwise
+    `to_numpy` one by one."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        values = [v.value for v in variables]
+        if not any(isinstance(x, tf.distribute.DistributedValues) for x in values):
+            read_all = tf.function(lambda: [x.read_value() for x in values], autograph=False)
+            return lambda: [np.asarray(t) for t in read_all()]
+    return lambda: [to_numpy(v) for v in variables]
+
+
+def variables(model):
+    """The variables a checkpoint holds, in file order: model, optimizer, metrics."""
+    return [v for vs in _groups(model).values() for v in vs]
+
+
+def snapshot(model, meta, read):
     """The arrays of a checkpoint of compiled `model` and `meta`: host copies, consistent at this step, that
-    later training steps do not change."""
+    later training steps do not change. `read`: `reader(variables(model))`."""
+    groups = _groups(model)
+    values = iter(read())
     arrays = {"meta": np.array(json.dumps(meta))}
-    for group, variables in _groups(model).items():
-        for i, v in enumerate(variables):
-            value = to_numpy(v)
+    for group, variables in groups.items():
+        for i in range(len(variables)):
+            value = next(values)
             arrays[f"{group}/{i}"] = value if value.flags.owndata else value.copy()
     return arrays
 
@@ -67,6 +89,7 @@ class BackgroundWriter:
         self.directory = directory
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._pending = None
+        self._read = self._read_ids = None
 
     def busy(self):
         """Whether a write is still running (raises the error of one that failed)."""
@@ -76,7 +99,10 @@ class BackgroundWriter:
 
     def save(self, model, meta):
         self.join()
-        self._pending = self._executor.submit(write_arrays, self.directory, snapshot(model, meta))
+        current = variables(model)
+        if [id(v) for v in current] != self._read_ids:  # the compiled read is made once per set of variables
+            self._read, self._read_ids = reader(current), [id(v) for v in current]
+        self._pending = self._executor.submit(write_arrays, self.directory, snapshot(model, meta, self._read))
 
     def join(self):
         """Wait for the write in flight, if any; re-raises its error."""

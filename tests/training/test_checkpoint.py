@@ -54,6 +54,22 @@ def _end_call(monitor, model, step):
     monitor.on_train_batch_end(step - 1)
 
 
+@pytest.mark.backend_agnostic
+def test_snapshot_reads_current_values_in_file_order(model):
+    read = checkpoint.reader(checkpoint.variables(model))
+    kernel = model.layers[0].kernel
+    for shift in (0.0, 1.5):
+        kernel.assign(keras.ops.convert_to_numpy(kernel) + shift)
+        model.optimizer.iterations.assign(7 + int(shift))
+        arrays = checkpoint.snapshot(model, {"shift": shift}, read)
+        expected = {f"{g}/{i}": checkpoint.to_numpy(v) for g, vs in checkpoint._groups(model).items()
+                    for i, v in enumerate(vs)}
+        assert sorted(arrays) == sorted([*expected, "meta"]) and str(arrays["meta"]) == f'{{"shift": {shift}}}'
+        for key, value in expected.items():
+            np.testing.assert_array_equal(arrays[key], value, err_msg=key)
+
+
+@pytest.mark.backend_agnostic
 def test_wall_time_trigger_follows_the_clock(model, tmp_path, writes):
     now = [0.0]
     monitor = _monitor(model, tmp_path, lambda: now[0])
@@ -65,6 +81,7 @@ def test_wall_time_trigger_follows_the_clock(model, tmp_path, writes):
     assert writes["steps"] == [16, 32]  # 300 s after the start, then 300 s after the previous checkpoint
 
 
+@pytest.mark.backend_agnostic
 def test_steps_trigger_without_wall_time(model, tmp_path, writes):
     monitor = _monitor(model, tmp_path, lambda: 1e9, checkpoint_every=16, checkpoint_every_s=0.0)
     for step in (8, 16, 24, 32, 40, 48):
@@ -74,6 +91,7 @@ def test_steps_trigger_without_wall_time(model, tmp_path, writes):
     assert writes["steps"] == [16, 32, 48]
 
 
+@pytest.mark.backend_agnostic
 def test_a_due_checkpoint_waits_for_the_write_in_flight_and_the_snapshot_is_taken_at_save(model, tmp_path,
                                                                                           writes):
     now = [0.0]
@@ -109,6 +127,7 @@ def test_a_due_checkpoint_waits_for_the_write_in_flight_and_the_snapshot_is_take
         np.testing.assert_array_equal(z["model/0"], before)
 
 
+@pytest.mark.backend_agnostic
 def test_a_failed_write_is_raised_not_swallowed(model, tmp_path, writes):
     now = [0.0]
     monitor = _monitor(model, tmp_path, lambda: now[0], checkpoint_every_s=10.0)
