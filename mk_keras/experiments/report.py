@@ -10,7 +10,7 @@ from mk_keras.experiments.treatments import TREATMENTS
 
 # Spec keys that are not training settings (paths, logging, resumption) or that differ per run by design
 # (the seed, and the source run of that seed).
-_NOT_SETTINGS = ("run_dir", "flags_text", "overwrite", "verbose", "checkpoint_every")
+_NOT_SETTINGS = ("run_dir", "flags_text", "overwrite", "verbose", "checkpoint_every", "checkpoint_every_s")
 _PER_RUN = ("seed", "init_seed", "data_seed", "source", "source_sha256", "master_key_reference")
 
 

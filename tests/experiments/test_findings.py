@@ -1,0 +1,133 @@
+"""docs/findings.md generation: paired differences, outcome rules, verdicts, and the claim table's presets."""
+
+import os
+
+import pytest
+
+from mk_keras.experiments import findings
+from mk_keras.experiments.findings import CLAIMS, Check, Claim, Side, outcome, paired, render, verdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _row(treatment, seed, top1, model="m", kind=None, n=None, size=None):
+    return {"model": model, "kind": kind, "treatment": treatment, "n": n, "seed": seed, "source_size": size,
+            "top1": top1, "status": "finished", "relative_accuracy": None, "frozen_params": 0,
+            "trainable_params": 1}
+
+
+def test_outcome_rules():
+    assert outcome(1.0, 0.5) == "higher"
+    assert outcome(-1.0, 0.5) == "lower"
+    assert outcome(-0.5, 1.0) == "no_loss"  # CI [-1.5, 0.5] above -2 pp
+    assert outcome(-0.5, 2.0) == "unclear"  # CI [-2.5, 1.5] reaches below the margin
+    assert outcome(0.3, None) is None
+
+
+def test_paired_matches_seed_kind_n_and_size():
+    rows = {"p": [
+        *(_row("baseB", s, 0.80 + 0.01 * s) for s in range(3)),
+        *(_row("AnB", s, 0.81 + 0.01 * s + 0.001 * n, kind="depthwise", n=n, size=100) for s in range(3)
+          for n in (1, 5)),
+        *(_row("random_frozen", s, 0.70 + 0.01 * s, kind="depthwise", n=n) for s in range(2) for n in (1, 5)),
+    ]}
+    last = paired(rows, Check(Side("p", "AnB", "depthwise", n="last"), Side("p", "baseB"), "no_loss"))
+    assert len(last) == 1 and last[0]["n"] == 5 and last[0]["seeds"] == [0, 1, 2]
+    assert last[0]["diffs_pp"] == pytest.approx([1.5, 1.5, 1.5])
+    assert last[0]["ci_pp"] == pytest.approx(0.0, abs=1e-9) and last[0]["outcome"] == "higher"
+    every_n = paired(rows, Check(Side("p", "AnB", "depthwise"), Side("p", "random_frozen", "depthwise"), "higher"))
+    assert sorted(e["n"] for e in every_n) == [1, 5]
+    for e in every_n:  # seed 2 has no random_frozen run: left out, not paired with another seed
+        assert e["seeds"] == [0, 1]
+        assert e["diffs_pp"] == pytest.approx([11 + 0.1 * e["n"]] * 2)
+
+
+def test_paired_across_presets_and_sizes():
+    rows = {"a": [_row("AnB", s, 0.9, kind="dw", n=5, size=400) for s in range(2)],
+            "b": [_row("AnB", s, 0.8 + 0.05 * s, kind="dw", n=5, size=1000) for s in range(2)]}
+    got = paired(rows, Check(Side("a", "AnB", "dw", n="last"), Side("b", "AnB", "dw", n="last"), None))
+    assert got[0]["diffs_pp"] == pytest.approx([10.0, 5.0])  # sizes differ across presets: still paired by seed
+    rows = {"a": [_row("AnB", s, 0.7 + 0.1 * (size == 6000), kind="dw", n=5, size=size)
+                  for s in range(2) for size in (100, 6000)]}
+    got = paired(rows, Check(Side("a", "AnB", "dw", source_size=6000), Side("a", "AnB", "dw", source_size=100), None))
+    assert len(got) == 1 and got[0]["source_size"] == 6000
+    assert got[0]["diffs_pp"] == pytest.approx([10.0, 10.0])
+
+
+def _claim(*tests):
+    return Claim("k", "t", ("p",), "q", "s", "r", tests)
+
+
+def _entry(mean, half):
+    return {"mean_pp": mean, "ci_pp": half, "outcome": outcome(mean, half)}
+
+
+def test_verdict_rules():
+    main = Check(Side("p", "AnB"), Side("p", "baseB"), "no_loss")
+    control = Check(Side("p", "AnB"), Side("p", "random_frozen"), "higher", control=True)
+    claim = _claim(main, control)
+    word, why = verdict(claim, [[_entry(0.2, 0.5)], [_entry(3.0, 1.0)]])
+    assert word == "supported" and "every control" in why
+    word, why = verdict(claim, [[_entry(0.2, 0.5)], [_entry(0.5, 1.0)]])
+    assert word == "not shown" and "cannot credit" in why
+    assert verdict(claim, [[_entry(-3.0, 1.0)], [_entry(3.0, 1.0)]])[0] == "contradicted"
+    assert verdict(claim, [[_entry(0.2, 0.5)], []])[0] == "incomplete"
+    assert verdict(claim, [[_entry(0.2, None)], [_entry(3.0, 1.0)]])[0] == "incomplete"
+
+
+def test_render_writes_tables_verdicts_and_figures(tmp_path):
+    runs = tmp_path / "runs"
+    fig = runs / "master_keys" / "figures"
+    fig.mkdir(parents=True)
+    (fig / "relative_accuracy.png").write_bytes(b"png")
+    rows = {"master_keys": [_row("baseB", s, 0.80, model="convnext_micro_cifar") for s in range(3)]
+            + [_row(t, s, 0.80 + d + 0.001 * s, model="convnext_micro_cifar", kind="depthwise", n=5)
+               for s in range(3) for t, d in (("master_keys", 0.0), ("random_frozen", -0.05), ("shuffled", -0.04),
+                                               ("delta", -0.06), ("master_keys_fit", 0.001), ("AnB", 0.002))]}
+    out = tmp_path / "docs" / "findings.md"
+    text = render(rows, str(runs), str(out), provenance="Test provenance.")
+    assert "Test provenance." in text and findings.RULES in text
+    for claim in CLAIMS:
+        assert claim.title in text
+    assert "| [Master keys: 8 published filters replace learned depthwise filters](#master_keys) | **supported** |" \
+        in text
+    assert "| master_keys − random_frozen (control) | convnext_micro_cifar, depthwise, n=5 | 3 | +5.00 ± 0.00 |" in text
+    assert "**incomplete**" in text  # the claims without rows
+    assert (tmp_path / "docs" / "img" / "findings" / "master_keys_relative_accuracy.png").read_bytes() == b"png"
+    assert "](img/findings/master_keys_relative_accuracy.png)" in text
+
+
+def _flags(preset):
+    values = {}
+    for path in (os.path.join(ROOT, "flags", "claims", "common.flags"),
+                 os.path.join(ROOT, "flags", "claims", f"{preset}.flags")):
+        with open(path) as f:
+            for line in f:
+                if line.startswith("--") and "=" in line:
+                    key, value = line[2:].strip().split("=", 1)
+                    values[key] = value
+    return values
+
+
+def test_every_claim_test_names_treatments_of_its_preset():
+    on_disk = {f[:-6] for f in os.listdir(os.path.join(ROOT, "flags", "claims")) if f.endswith(".flags")}
+    assert set(findings.presets()) == on_disk - {"common"}
+    for claim in CLAIMS:
+        for test in claim.tests:
+            for side in (test.x, test.y):
+                assert side.preset in claim.presets
+                flags = _flags(side.preset)
+                assert side.treatment in flags["treatments"].split(","), (claim.key, side)
+                if side.model:
+                    assert side.model in flags["models"].split(","), (claim.key, side)
+                if side.source_size:
+                    assert str(side.source_size) in flags["source_sizes"].split(","), (claim.key, side)
+
+
+def test_cli_lists_presets_and_refuses_a_missing_runs_dir(tmp_path, capsys):
+    assert findings.main(["--list_presets"]) == 0
+    assert capsys.readouterr().out.split() == findings.presets()
+    with pytest.raises(SystemExit) as e:
+        findings.main([f"--runs={tmp_path / 'nope'}"])
+    assert e.value.code == 2
+    assert "is not a directory" in capsys.readouterr().err
