@@ -1,10 +1,11 @@
 # make quickstart : set up everything (venv, offline data) and run the quickstart sweep (main job)
 # make test       : set up everything and run the tests (TensorFlow backend, then JAX for backend-agnostic parts)
 # make test-long  : the longest end-to-end checks, left out of make test
+# make reproduce  : every claim of the paper at CPU scale (flags/claims/, ~3 h on 2 cores, resumable) -> docs/findings.md
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup quickstart test test-tf test-jax test-long bench
+.PHONY: setup quickstart test test-tf test-jax test-long bench reproduce
 
 setup: $(VENV)/.installed
 
@@ -26,6 +27,9 @@ test-jax: setup
 test-long: setup
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q -m long
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m "backend_agnostic and long"
+
+reproduce: setup
+	BIN=$(BIN) bash scripts/reproduce.sh
 
 bench: setup
 	$(BIN)/python benchmarks/input_pipeline.py

@@ -207,14 +207,25 @@ def presets():
 
 
 def load_rows(runs_dir):
-    """{preset: finished result rows} of the presets with a sweep directory under `runs_dir`."""
-    out = {}
+    """({preset: finished result rows}, {preset: number of planned runs}) of the presets with a sweep directory
+    under `runs_dir`."""
+    rows, planned = {}, {}
     for preset in presets():
         path = os.path.join(runs_dir, preset)
         if os.path.isfile(os.path.join(path, "sweep.json")):
-            rows = results.collect(path, results.load_definition(path))
-            out[preset] = [r for r in rows if r["status"] == "finished" and r.get("top1") is not None]
-    return out
+            definition = results.load_definition(path)
+            planned[preset] = len(definition["runs"])
+            rows[preset] = [r for r in results.collect(path, definition)
+                            if r["status"] == "finished" and r.get("top1") is not None]
+    return rows, planned
+
+
+def progress(rows, planned):
+    """One sentence: finished / planned runs per preset (presets never started count as not started)."""
+    parts = [f"{p} {len(rows.get(p, []))}/{planned[p]}" if p in planned else f"{p} not started" for p in presets()]
+    done = all(p in planned and len(rows[p]) == planned[p] for p in presets())
+    return ("All planned runs finished" if done else "**Incomplete: not every planned run has finished**") + \
+        " (finished/planned runs: " + ", ".join(parts) + ")."
 
 
 def _select(rows, side):
@@ -405,7 +416,8 @@ def main(argv=None):
         return 0
     if not os.path.isdir(args.runs):
         parser.error(f"--runs={args.runs!r} is not a directory; run make reproduce first")
-    text = render(load_rows(args.runs), args.runs, args.out, provenance=args.provenance)
+    rows, planned = load_rows(args.runs)
+    text = render(rows, args.runs, args.out, provenance=f"{progress(rows, planned)} {args.provenance}".strip())
     results.atomic_write_text(args.out, text)
     print(f"wrote {args.out}")
     return 0

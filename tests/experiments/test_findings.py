@@ -131,3 +131,12 @@ def test_cli_lists_presets_and_refuses_a_missing_runs_dir(tmp_path, capsys):
         findings.main([f"--runs={tmp_path / 'nope'}"])
     assert e.value.code == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_progress_names_unfinished_presets():
+    first, *rest = findings.presets()
+    rows = {first: [_row("baseB", 0, 0.8)]}
+    text = findings.progress(rows, {first: 2})
+    assert text.startswith("**Incomplete") and f"{first} 1/2" in text and f"{rest[0]} not started" in text
+    everything = {p: [_row("baseB", 0, 0.8)] for p in findings.presets()}
+    assert findings.progress(everything, {p: 1 for p in findings.presets()}).startswith("All planned runs finished")
