@@ -17,11 +17,15 @@ quickstart: setup
 
 test: setup test-tf test-jax
 
+# Two pytest workers (pytest-xdist; a test file stays on one worker): most of a test's time is single-threaded
+# tracing and model building, so two processes use both cores.
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile
+
 test-tf: setup
-	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q -m "not long"
+	KERAS_BACKEND=tensorflow $(PYTEST) -m "not long"
 
 test-jax: setup
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m "backend_agnostic and not long"
+	KERAS_BACKEND=jax $(PYTEST) -m "backend_agnostic and not long"
 
 # the longest end-to-end checks (pairing over every treatment, resume in both epochs), both backends
 test-long: setup
