@@ -13,13 +13,13 @@ directory per run), `results/<run_id>.json` (one row per run, written atomically
 
 Resuming: rerunning the same sweep skips runs that have a result file; a run killed mid-training resumes
 from its checkpoint (`train` resumes an unfinished run directory), and so does one whose training raised an error
-other than a NaN loss (out of memory, I/O, a lost device): the worker retries it up to `max_retries` times, then
-leaves it and its dependents to a rerun (its run directory and checkpoint stay). A metrics.json cut off by a
-crash is the one case trained again from scratch. A run whose loss became NaN is recorded with status "failed"
-and is not retried (delete its result file and run directory to retry). A rerun may add seeds, models, depths,
-source sizes and treatments: sweep.json holds the union of every run planned in the directory, so results of
-earlier invocations stay in the tables; settings that change what a run computes (data, training arguments,
-name, Keras backend, the cross source of existing cross runs) must be the same.
+other than a NaN loss or a ValueError (out of memory, I/O, a lost device): the worker retries it up to
+`max_retries` times, then leaves it and its dependents to a rerun (its run directory and checkpoint stay). A
+metrics.json cut off by a crash is the one case trained again from scratch. A run whose loss became NaN is
+recorded with status "failed" and is not retried (delete its result file and run directory to retry). A rerun
+may add seeds, models, depths, source sizes and treatments: sweep.json holds the union of every run planned in
+the directory, so results of earlier invocations stay in the tables; settings that change what a run computes
+(data, training arguments, name, Keras backend, the cross source of existing cross runs) must be the same.
 
 External base A: `base_a_source` gives a model a pretrained or trained source instead of a baseA run (a
 `mk_keras.sources` spec: a PyTorch checkpoint `convnext_tiny:/ckpt/x.pth`, `keras:ConvNeXtTiny:imagenet`, a
@@ -673,6 +673,8 @@ class _Runner:
                         label = f"{self.trained}/{len(order)}" if trained else "store"
                         self._line(label, run, row, "" if trained else f"  (from {self._store_dir(run)})",
                                    secs=time.time() - start if trained else None)
+                except ValueError:
+                    raise  # bad arguments (`train` checks them before writing anything): the same on every attempt
                 except Exception as e:  # not a NaN loss (a recorded result): out of memory, I/O, a lost device
                     self._transient(run, e)
                 finally:
@@ -851,8 +853,8 @@ def run_sweep(config, output_dir, *, shard_index=0, num_shards=1, train_fn=None,
       max_retries: how often this process retries a run whose training raised an error other than a NaN loss
         (resuming from its checkpoint) before leaving it, and the runs that need it, to a rerun.
     Returns the merged result rows (`results.merge`) of every run planned in `output_dir` so far (see
-    `merge_plans`); rows of unfinished runs are missing. Raises RuntimeError after the merge when runs were left
-    after `max_retries` retries.
+    `merge_plans`); rows of unfinished runs are missing. Raises `TrainingFailed` after the merge when runs were
+    left after `max_retries` retries; a ValueError (bad arguments) at once.
     """
     if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
         raise ValueError(f"max_retries={max_retries!r} must be a non-negative integer")
@@ -892,6 +894,7 @@ def run_sweep(config, output_dir, *, shard_index=0, num_shards=1, train_fn=None,
         f"planned in {output_dir}), {time.time() - start:.0f} s; report: {os.path.join(output_dir, 'report.md')}")
     if runner.given_up:
         run_id, error = next(iter(runner.given_up.items()))
-        raise RuntimeError(f"{len(runner.given_up)} runs failed {max_retries + 1} times with errors and have no result "
-                           f"(first: {run_id}: {error}); rerun the sweep to resume them from their checkpoints")
+        raise TrainingFailed(f"{len(runner.given_up)} runs failed {max_retries + 1} times with errors and have no "
+                             f"result (first: {run_id}: {error}); rerun the sweep to resume them from their "
+                             "checkpoints")
     return rows
