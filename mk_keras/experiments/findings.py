@@ -30,6 +30,31 @@ RULES = (
     "that is not **higher** means the setup cannot credit the result to the filters themselves."
 )
 
+CHOICES = """## How the setups were chosen
+
+Fixed before any claim run was looked at, from cost and from what a test needs to be able to fail; not tuned
+afterwards.
+
+- **Where a filter effect can show.** The quickstart (B = 4 accessory classes, 300 images per class) and a probe
+  with 1,000 garment images per class both gave random frozen depthwise filters the accuracy of learned ones, so
+  neither could credit anything to the filters. Frozen filters should matter most where the target is small and
+  hard, so B here is the 6 garment classes (4 of them look-alike upper-body garments) with 50 training images per
+  class, and A the accessories with 1,000 per class. Every claim has a control (random_frozen, shuffled, delta),
+  and a claim about filters counts only where the transferred filters beat it.
+- **Same compute per run.** Every run trains 200 steps of batch 32 (600 in the larger-source preset, whose largest
+  source has 24,000 images), AdamW with the quickstart's learning rate; evaluation on 500 test images per class.
+- **Models at CPU scale.** ConvNeXt-micro (5 depthwise layers, 0.59 M parameters), ResNet-10 (3/8 width) and
+  ResNet-18/34/50, AlexNet and MobileNetV2 at reduced width (`*_w16_cifar`, `alexnet_small_cifar`,
+  `mobilenetv2_035_cifar`): the full-width CIFAR ResNet-18 took about 70x ConvNeXt-micro's step time on this
+  machine (measured on 2026-11-30, loaded), too slow for 5 seeds.
+- **Seeds and statistics.** 5 seeds; at one seed every run of a model starts from the same initial weights and
+  sees the same data order, so differences are paired per seed. With 5 seeds the t-interval is wide (t = 2.78):
+  differences under about one point are usually **unclear**, and a test with many depths will sometimes exclude
+  0 by chance.
+- **Depths.** First, middle and last layer (spread:3) rather than every depth, for cost; the deepest n is the one
+  the claims are about.
+"""
+
 
 @dataclasses.dataclass(frozen=True)
 class Side:
@@ -399,7 +424,7 @@ def render(rows, runs_dir, out_path, img_dir=None, provenance=""):
         sec += _copy_figures(runs_dir, claim, img_dir, out_dir) + [""]
         sec += [f"**Verdict: {word}.** {why}", ""]
         sections += sec
-    return "\n".join(lines + [""] + sections)
+    return "\n".join(lines + ["", CHOICES] + sections)
 
 
 def main(argv=None):
