@@ -76,7 +76,7 @@ PER_RUN_ARGS = ("model", "dataset", "classes", "run_dir", "seed", "init_seed", "
                 "order", "freeze", "master_key_reference", "kernel_map", "channel_map", "kernel_transform", "init_hook",
                 "overwrite", "flags_text")
 # `train_args` that do not change what a run computes: may differ when a sweep is resumed.
-_UNCOMPARED_TRAIN_ARGS = ("verbose", "checkpoint_every")
+_UNCOMPARED_TRAIN_ARGS = ("verbose", "checkpoint_every", "checkpoint_every_s")
 # source kinds an external base A may be (`mk_keras.sources.KINDS`)
 EXTERNAL_KINDS = ("run_dir", "keras_file", *sources.PRETRAINED_KINDS)
 
