@@ -9,8 +9,9 @@ A run whose key is cached still builds its fresh model as usual (seeded initial 
 states) into the cached model, puts its optimizer variables back to their values right after they were built
 (iteration count, moments, EMA) and resets its metrics, and training continues on the cached model: Keras
 reuses its `train_function` / `test_function` (`make_*_function(force=False)` returns them), so nothing is
-compiled or traced again. A run through the cache is bit-identical to the same run trained fresh
-(tests/training/test_reuse.py).
+compiled or traced again; `clear_session(keep_traced=True)` starts each run without clearing TensorFlow's
+kernel cache, so the kept functions are not graph-optimised again either. A run through the cache is
+bit-identical to the same run trained fresh (tests/training/test_reuse.py).
 
 `supported` says where the cache is used: the TensorFlow backend without a distribution strategy, without
 `mixed_float16` (its loss-scale state is not reset here) and without an `init_hook` (arbitrary code may change
@@ -29,6 +30,22 @@ def supported(distribution_name, precision, init_hook):
     """Whether a run with these settings may train through the cache (see the module docstring)."""
     return (keras.backend.backend() == "tensorflow" and distribution_name == "default"
             and precision != "mixed_float16" and init_hook is None)
+
+
+def clear_session(keep_traced):
+    """`keras.backend.clear_session()`; with `keep_traced` on TensorFlow, without clearing TensorFlow's kernel
+    cache: clearing it makes the cached models' traced functions be instantiated (graph-optimised) again on
+    their next call, a large part of the cost the cache saves (docs/performance.md)."""
+    if not keep_traced or keras.backend.backend() != "tensorflow":
+        return keras.backend.clear_session()
+    from tensorflow.python.eager import context
+
+    ctx = context.context()
+    ctx.clear_kernel_cache = lambda: None  # instance attribute: shadows the method for this one call
+    try:
+        keras.backend.clear_session()
+    finally:
+        del ctx.clear_kernel_cache
 
 
 def trace_key(model, optimizer, compile_args, precision):

@@ -253,7 +253,7 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
 
     import tensorflow as tf  # tf.data and tf.distribute, on every backend
 
-    keras.backend.clear_session()
+    reuse_cache.clear_session(keep_traced=reuse)
     if spec.deterministic and keras.backend.backend() == "tensorflow":
         tf.config.experimental.enable_op_determinism()
     dist = make_distribution(spec.distribution)
