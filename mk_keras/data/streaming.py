@@ -106,7 +106,8 @@ def _windowed_passes(records, n, per_pass, seed, first_pass, window):
     with a seed from (seed, pass, window); key = pass * n + position."""
 
     def one_pass(p):
-        def permute(w, data, y):
+        def permute(w, record):
+            data, y = record
             order = tf.random.experimental.stateless_shuffle(
                 tf.range(tf.shape(y)[0]), seed=tf.stack([seed, p * (1 << 24) + w]))
             return tf.gather(data, order), tf.gather(y, order)

@@ -166,3 +166,14 @@ def test_benchmark_quick_prints_the_comparison(tmp_path):
     assert all(v["images_per_s"] > 0 for v in result["throughput"].values())
     assert set(result["mk_peak_rss_streamed_by_dataset_size"]) == {"32", "64"}
     assert result["folder"]["images"] == 64
+
+
+def test_encoded_records_stream_in_training():
+    """TFDS-like encoded records (every full-size ImageNet / Food-101 run) through the endless training stream:
+    the windowed per-pass shuffle once broke on their (bytes, label) records."""
+    records = data.load("synthetic:3:40x40x3:4:jpeg", split="train")
+    pipe = data.make_pipeline(records, batch_size=4, image_size=(32, 32), channels=3, training=True,
+                              augment="basic", shuffle_seed=1, repeat=True, transforms="imagenet", cache=False)
+    (x, y), = _batches(pipe, 1)
+    assert x.shape == (4, 32, 32, 3) and y.shape == (4, 3)  # one-hot labels
+    assert np.allclose(y.sum(axis=1), 1.0) and 0.0 <= x.min() and x.max() <= 255.0
