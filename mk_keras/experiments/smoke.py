@@ -128,7 +128,7 @@ def smoke_config(config, weights_dir, log=print):
         log(f"smoke: seed {config.seeds[0]} only (planned: {', '.join(map(str, config.seeds))})")
     return dataclasses.replace(config, dataset_a=data["A"], classes_a=None, dataset_b=data["B"], classes_b=None,
                                depths=[str(depth)], seeds=list(config.seeds[:1]), source_sizes=sizes,
-                               base_a_source=external, train_args=args)
+                               base_a_source=external, train_args=args, store=None)
 
 
 def _failing_as_run_failure(train_fn):

@@ -5,6 +5,7 @@ the conversion of every preset's definition (no training) and the usage error; `
 preset in flags/paper/ at its real image size.
 """
 
+import dataclasses
 import glob
 import json
 import os
@@ -85,11 +86,16 @@ def test_smoke_one_small_preset_trains_every_run(tmp_path, capsys):
     assert "holds no smoke.json (not a smoke run's)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("path", PAPER, ids=lambda p: os.path.basename(p)[:-6])
+# planning builds every model of a preset once: the two slowest presets (~50-60 s each) run in make test-long
+_SLOW_TO_PLAN = ("imagenet_resnets.flags", "cross_architecture.flags")
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.long) if os.path.basename(p) in _SLOW_TO_PLAN
+                                  else p for p in PAPER], ids=lambda p: os.path.basename(p)[:-6])
 def test_smoke_config_of_every_preset(tmp_path, path):
     """Every preset turns into a smoke sweep that plans: synthetic data of its class counts and image shapes,
-    every arm and treatment once, one seed, 2 steps (no training)."""
-    config = _preset_config(path)
+    every arm and treatment once, one seed, 2 steps (no training), outside any run store."""
+    config = dataclasses.replace(_preset_config(path), store=str(tmp_path / "store"))
     lines = []
     smoke = smoke_config(config, str(tmp_path / "weights"), log=lines.append)
     imagenet = config.train_args["input_pipeline"] == "imagenet"
@@ -101,7 +107,7 @@ def test_smoke_config_of_every_preset(tmp_path, path):
     if config.classes_a == "imagenet_manmade":
         assert smoke.dataset_a.startswith("synthetic:551:") and smoke.dataset_b.startswith("synthetic:449:")
     assert smoke.train_args["steps_per_epoch"] == SMOKE_STEPS and smoke.train_args["epochs"] == 1
-    assert smoke.seeds == config.seeds[:1]
+    assert smoke.seeds == config.seeds[:1] and smoke.store is None
     full, small = plan(config), plan(smoke)
     assert {(r.model, r.kind, r.treatment, r.source_size is not None) for r in small.runs} == \
         {(r.model, r.kind, r.treatment, r.source_size is not None) for r in full.runs if r.seed == config.seeds[0]}
