@@ -845,7 +845,8 @@ def run_sweep(config, output_dir, *, shard_index=0, num_shards=1, train_fn=None,
       output_dir: the sweep directory (created; shared by all workers).
       shard_index, num_shards: a hint of where this worker starts: it prefers the runs i with
         i % num_shards == shard_index, but takes any ready run (see the module docstring).
-      train_fn: `mk_keras.training.train` (default) or a function with its signature.
+      train_fn: a function with the signature of `mk_keras.training.train` (default: `train` with `reuse=True`,
+        which reuses traced functions across the runs of this process, bit-identically).
       flags_text: the binary's flags, stored as `output_dir/flags.txt` and in every run directory's flags.txt.
       log: progress lines (one per run).
       poll_s, lock_stale_s: how often to look again when every unfinished run is locked by other processes (or
@@ -879,8 +880,9 @@ def run_sweep(config, output_dir, *, shard_index=0, num_shards=1, train_fn=None,
         results.atomic_write_text(os.path.join(output_dir, "flags.txt"), flags_text)
     worker = f" worker {shard_index}/{num_shards}:" if num_shards > 1 else ""
     log(f"sweep {the_plan.config.name!r}:{worker} {len(the_plan.runs)} runs -> {output_dir}")
-    runner = _Runner(the_plan, output_dir, train_fn or train, flags_text, log, poll_s, lock_stale_s, max_retries,
-                     group)
+    # the real trainer reuses traced functions across this process's runs (`train(reuse=True)`: bit-identical)
+    trainer = train_fn or functools.partial(train, reuse=True)
+    runner = _Runner(the_plan, output_dir, trainer, flags_text, log, poll_s, lock_stale_s, max_retries, group)
     start = time.time()
     if group is not None and not group.is_chief:
         runner.follow()

@@ -67,7 +67,9 @@ def test_merge_only_without_a_sweep_is_a_usage_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("preset", sorted(glob.glob(os.path.join(FLAGS_DIR, "paper", "*.flags")))
-                         + [os.path.join(FLAGS_DIR, "quickstart.flags")])
+                         + [os.path.join(FLAGS_DIR, "quickstart.flags")]
+                         + sorted(p for p in glob.glob(os.path.join(FLAGS_DIR, "claims", "*.flags"))
+                                  if not p.endswith("common.flags")))  # claims include common.flags (cwd: the repo)
 def test_presets_plan(preset, capsys):
     assert cli.main(["mk-sweep", f"--flagfile={preset}", "--dry_run"]) == 0, capsys.readouterr().err
     assert "runs planned" in capsys.readouterr().out
