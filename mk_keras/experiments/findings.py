@@ -26,7 +26,7 @@ RULES = (
     f"CI lies above −{MARGIN_PP:g} pp (a margin fixed before any run); otherwise **unclear**. A claim is "
     "**supported** when every test comes out as predicted, **contradicted** when any test comes out opposite to "
     "the prediction (lower where higher or no loss was predicted, higher where lower was predicted), and "
-    "**not shown** otherwise. A control test (transferred filters against random, shuffled or identity filters) "
+    "**not shown** otherwise. A control test (the filters under test against random, shuffled or identity filters) "
     "that is not **higher** means the setup cannot credit the result to the filters themselves."
 )
 
@@ -341,11 +341,11 @@ def verdict(claim, entries):
     parts = [f"{sum(m is True for m in met)} of {len(met)} predicted outcomes came out as predicted, "
              f"{sum(m is False for m in met)} opposite, {sum(m is None for m in met)} unclear"]
     if controls and not all(controls):
-        parts.append(f"{controls.count(False)} of {len(controls)} control comparisons do not show transferred "
-                     "filters above random, shuffled or identity filters, so there the setup cannot credit the "
-                     "result to what the filters learned")
+        parts.append(f"{controls.count(False)} of {len(controls)} control comparisons do not show the filters under "
+                     "test above random, shuffled or identity filters, so there the setup cannot credit the result "
+                     "to the filters")
     elif controls:
-        parts.append("every control comparison shows the transferred filters above the control filters")
+        parts.append("every control comparison shows the filters under test above the control filters")
     return word, "; ".join(parts) + "."
 
 
