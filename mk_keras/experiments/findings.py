@@ -419,7 +419,8 @@ def render(rows, runs_dir, out_path, img_dir=None, provenance=""):
                 sec.append(f"| {label} | (no finished pairs yet) | 0 | | {t.predicted or 'reported'} | |")
             for e in group:
                 sec.append(f"| {label} | {_where(e)} | {len(e['seeds'])} | {_fmt_entry(e)} | "
-                           f"{(t.predicted or 'reported').replace('_', ' ')} | {(e['outcome'] or '').replace('_', ' ')} |")
+                           f"{(t.predicted or 'reported').replace('_', ' ')} | "
+                           f"{(e['outcome'] or '').replace('_', ' ')} |")
         sec += ["", "**Top-1 per treatment.**", "", *_summary_lines(rows, claim), ""]
         sec += _copy_figures(runs_dir, claim, img_dir, out_dir) + [""]
         sec += [f"**Verdict: {word}.** {why}", ""]

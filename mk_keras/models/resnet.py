@@ -145,6 +145,7 @@ register_model("resnet10_cifar", "resnet", "ResNet-10 at 3/8 width, 3x3 stem, 32
     _variant(CPU_CONFIGS["resnet10"], cifar=True)
 )
 for _depth in (18, 34, 50):
-    register_model(f"resnet{_depth}_w16_cifar", "resnet", f"ResNet-{_depth} at quarter width (16..128), 3x3 stem, 32 px")(
+    register_model(f"resnet{_depth}_w16_cifar", "resnet",
+                   f"ResNet-{_depth} at quarter width (16..128), 3x3 stem, 32 px")(
         _variant(CPU_CONFIGS[f"resnet{_depth}_w16"], cifar=True)
     )

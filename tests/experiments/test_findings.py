@@ -91,7 +91,8 @@ def test_render_writes_tables_verdicts_and_figures(tmp_path):
         assert claim.title in text
     assert "| [Master keys: 8 published filters replace learned depthwise filters](#master_keys) | **supported** |" \
         in text
-    assert "| master_keys − random_frozen (control) | convnext_micro_cifar, depthwise, n=5 | 3 | +5.00 ± 0.00 |" in text
+    assert ("| master_keys − random_frozen (control) | convnext_micro_cifar, depthwise, n=5 | 3 | +5.00 ± 0.00 |"
+            in text)
     assert "**incomplete**" in text  # the claims without rows
     assert (tmp_path / "docs" / "img" / "findings" / "master_keys_relative_accuracy.png").read_bytes() == b"png"
     assert "](img/findings/master_keys_relative_accuracy.png)" in text
