@@ -28,3 +28,37 @@ def _seed_and_clear():
     keras.utils.set_random_seed(0)
     yield
     keras.backend.clear_session()
+
+
+@pytest.fixture
+def run_local_workers():
+    """`run(argv, timeout_s, env=None)`: start `argv` in two local processes that form one TF_CONFIG cluster
+    (MultiWorkerMirroredStrategy, worker 0 the chief) on free ports, wait for both (killing any left at a timeout)
+    and return [(returncode, combined stdout/stderr)] per worker."""
+    import json
+    import socket
+    import subprocess
+
+    def run(argv, timeout_s, env=None):
+        socks = [socket.socket() for _ in range(2)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        workers = [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
+        for s in socks:
+            s.close()
+        procs = []
+        try:
+            for index in range(2):
+                tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+                procs.append(subprocess.Popen(
+                    argv, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {}), "TF_CONFIG": tf_config},
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            outputs = [p.communicate(timeout=timeout_s)[0] for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        return [(p.returncode, out) for p, out in zip(procs, outputs)]
+
+    return run

@@ -3,9 +3,6 @@ every run; the chief claims each run and the other worker trains it in step."""
 
 import csv
 import json
-import os
-import socket
-import subprocess
 import sys
 
 import keras
@@ -23,36 +20,12 @@ FLAGS = ["--name=mw", "--dataset_a=digits", "--classes_a=random_half:A:0", "--cl
 RUNS = ["convnext_micro_cifar-baseA-s0", "convnext_micro_cifar-baseB-s0", "convnext_micro_cifar-depthwise-AnB-n2-s0"]
 
 
-def _free_ports(count):
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.mark.long  # two TensorFlow processes training three runs in step: 330 s on a loaded 2-core machine
-def test_multi_worker_sweep_on_two_local_workers(tmp_path):
+def test_multi_worker_sweep_on_two_local_workers(tmp_path, run_local_workers):
     out = tmp_path / "sweep"
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    procs = []
-    try:
-        for index in range(2):
-            tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "mk_keras.cli.sweep", *FLAGS, f"--output_dir={out}"],
-                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": tf_config},
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        outputs = [p.communicate(timeout=420)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, text in zip(procs, outputs):
-        assert p.returncode == 0, text[-3000:]
+    argv = [sys.executable, "-m", "mk_keras.cli.sweep", *FLAGS, f"--output_dir={out}"]
+    for code, text in run_local_workers(argv, 420):
+        assert code == 0, text[-3000:]
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["run_id"] for r in rows] == RUNS and all(r["status"] == "finished" for r in rows)

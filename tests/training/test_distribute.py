@@ -5,7 +5,6 @@ collectives are configured before TensorFlow starts) bounded by a timeout."""
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -72,34 +71,11 @@ def test_mirrored_on_two_logical_cpus(tmp_path, source_path):
     _check_run(run_dir, source_path, replicas=2)
 
 
-def _free_ports(count):
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def test_multi_worker_two_local_processes(tmp_path, source_path):
+def test_multi_worker_two_local_processes(tmp_path, source_path, run_local_workers):
     run_dir = tmp_path / "multi"
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    procs = []
-    try:
-        for index in range(2):
-            tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "mk_keras.cli.transfer", *_flags(source_path, run_dir, "multi_worker")],
-                env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-3000:]
+    argv = [sys.executable, "-m", "mk_keras.cli.transfer", *_flags(source_path, run_dir, "multi_worker")]
+    for code, out in run_local_workers(argv, TIMEOUT_S):
+        assert code == 0, out[-3000:]
     chief = _check_run(run_dir, source_path, replicas=2)
     other = _check_run(run_dir / "worker1", source_path, replicas=2)
     for a, b in zip(chief.weights, other.weights):  # synchronous training: identical replicas

@@ -5,20 +5,12 @@ import keras
 import numpy as np
 import pytest
 
-from mk_keras import create_model, filter_layers
+from mk_keras import filter_layers
 from mk_keras.training import RunSpec, train
 
 pytestmark = pytest.mark.backend_agnostic
 
 MODEL = "convnext_micro_cifar"
-
-
-@pytest.fixture(scope="module")
-def source_path(tmp_path_factory):
-    keras.utils.set_random_seed(123)
-    path = tmp_path_factory.mktemp("source") / "source.keras"
-    create_model(MODEL, 10).save(path)
-    return str(path)
 
 
 def _run(seed=5, **kwargs):

@@ -4,7 +4,6 @@ import keras
 import numpy as np
 import pytest
 
-from mk_keras import create_model
 from mk_keras.training import reuse, train
 
 MODEL = "convnext_micro_cifar"
@@ -43,14 +42,6 @@ def cache(monkeypatch):
     fresh = reuse.ModelCache()
     monkeypatch.setattr(reuse, "CACHE", fresh)
     return fresh
-
-
-@pytest.fixture(scope="module")
-def source_path(tmp_path_factory):
-    keras.utils.set_random_seed(123)
-    path = tmp_path_factory.mktemp("source") / "source.keras"
-    create_model(MODEL, 10).save(path)
-    return str(path)
 
 
 def test_cache_hit_is_bit_identical_to_a_fresh_run(cache, source_path, tmp_path):
