@@ -1,5 +1,5 @@
 """Keras callbacks of `train`: run monitoring (epoch records, metrics.json, checkpoints, NaN detection),
-TensorBoard epoch scalars, and keeping raw weights across an EMA swap."""
+step timing, TensorBoard epoch scalars, and keeping raw weights across an EMA swap."""
 
 import logging
 import os
@@ -114,6 +114,33 @@ class RunMonitor(keras.callbacks.Callback):
             if not failing:
                 raise
             log.error("%s", e)
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Wall time of every compiled training call (`steps_per_execution` steps each), for `train`'s timing
+    record: the steady step time is the median call after the first of each `fit`, divided by its steps."""
+
+    def __init__(self, steps_per_execution, clock=time.perf_counter):
+        super().__init__()
+        self.spe = steps_per_execution
+        self.clock = clock
+        self.first, self.steady = [], []
+
+    def on_train_begin(self, logs=None):
+        self.calls_this_fit = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.started = self.clock()
+
+    def on_train_batch_end(self, batch, logs=None):
+        (self.steady if self.calls_this_fit else self.first).append(self.clock() - self.started)
+        self.calls_this_fit += 1
+
+    def steady_step_s(self):
+        """Median seconds per step over the calls after each `fit`'s first (which traces or builds the input
+        stream); the first calls when there is no other; None before any call."""
+        calls = self.steady or self.first
+        return float(np.median(calls)) / self.spe if calls else None
 
 
 class EpochScalars(keras.callbacks.Callback):

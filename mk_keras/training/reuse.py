@@ -3,7 +3,9 @@
 A sweep trains many short runs; tracing the train and test steps and building the training state cost as much as
 training a quickstart run. The traced step depends on the architecture, which variables are trainable, the
 optimizer, loss and metric settings, precision, steps per execution and input shape, but not on the values of
-the variables. `ModelCache` keeps the last few compiled models under a key made of all of that (`trace_key`).
+the variables. `ModelCache` keeps recently used compiled models under a key made of all of that (`trace_key`),
+as many as fit a byte budget (their variables, optimizer state and its saved initial values), so a sweep that
+cycles through the depths of several models finds each again.
 A run whose key is cached still builds its fresh model as usual (seeded initial weights, transfer, freezing);
 `ModelCache.adopt` then copies every variable of the fresh model (weights, normalisation statistics, random-seed
 states) into the cached model, puts its optimizer variables back to their values right after they were built
@@ -71,11 +73,19 @@ def trace_key(model, optimizer, compile_args, precision):
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-class ModelCache:
-    """The last `max_entries` compiled models, by `trace_key` (least recently used dropped first)."""
+def _nbytes(variables):
+    return sum(int(np.prod(v.shape)) * np.dtype(keras.backend.standardize_dtype(v.dtype)).itemsize
+               for v in variables)
 
-    def __init__(self, max_entries=4):
+
+class ModelCache:
+    """Recently used compiled models by `trace_key`, least recently used dropped first once there are more than
+    `max_entries` or their bytes (variables, optimizer variables and the saved copy of those) exceed
+    `max_bytes`; the newest is always kept."""
+
+    def __init__(self, max_entries=16, max_bytes=2 * 2**30):
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self._entries = collections.OrderedDict()
         self.hits = self.misses = 0
 
@@ -88,10 +98,16 @@ class ModelCache:
     def put(self, key, model):
         """Keep `model`, compiled and with its training state built, untrained: the values of its optimizer
         variables now are the ones `adopt` restores."""
-        self._entries[key] = (model, [np.array(keras.ops.convert_to_numpy(v)) for v in model.optimizer.variables])
+        nbytes = _nbytes(model.variables) + 2 * _nbytes(model.optimizer.variables)
+        self._entries[key] = (model, [np.array(keras.ops.convert_to_numpy(v)) for v in model.optimizer.variables],
+                              nbytes)
         self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
+        while len(self._entries) > 1 and (len(self._entries) > self.max_entries or self.nbytes() > self.max_bytes):
             self._entries.popitem(last=False)
+
+    def nbytes(self):
+        """Bytes the kept models hold (see the class docstring)."""
+        return sum(entry[2] for entry in self._entries.values())
 
     def adopt(self, key, fresh):
         """The cached model of `key` holding the values of `fresh`'s variables, with a fresh optimizer state and
@@ -101,7 +117,7 @@ class ModelCache:
             return None
         self.hits += 1
         self._entries.move_to_end(key)
-        model, optimizer_values = self._entries[key]
+        model, optimizer_values, _ = self._entries[key]
         for target, source in zip(model.variables, fresh.variables, strict=True):
             if target.path != source.path:  # the key covers the paths: this would be a bug here
                 raise RuntimeError(f"cached model variable {target.path} != fresh {source.path}")

@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import sys
+import time
 
 import keras
 import numpy as np
@@ -34,7 +35,7 @@ from mk_keras.master_keys import assign_master_keys
 from mk_keras.models import create_model
 from mk_keras.training import checkpoint, recipe, rundir
 from mk_keras.training import reuse as reuse_cache
-from mk_keras.training.callbacks import EpochScalars, KeepRawWeights, RunMonitor
+from mk_keras.training.callbacks import EpochScalars, KeepRawWeights, RunMonitor, StepTimer
 from mk_keras.training.distribute import make_distribution
 from mk_keras.training.hparams import log_hparams
 from mk_keras.sources import file_sha256
@@ -222,9 +223,11 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
     Returns the metrics dict written to `run_dir/metrics.json`: "status", final test "top1"/"top5"/"loss",
     per-epoch "epochs", "params" (total/trainable/non_trainable/frozen), "frozen_layers", "transfer",
     "initial_weights" (sha256 per layer before any transfer), "init_hook", "recipe", "dataset", "eval_dataset",
-    "spec" (the resolved spec), "spec_hash", "wall_time_s". Raises `TrainingFailed` on a NaN loss (status
-    "failed"), `ValueError`/`FileNotFoundError`/`FileExistsError` on bad arguments before anything is written.
+    "spec" (the resolved spec), "spec_hash", "wall_time_s" (in `fit`, summed over resumptions) and "timing"
+    (this call: `_timing`). Raises `TrainingFailed` on a NaN loss (status "failed"),
+    `ValueError`/`FileNotFoundError`/`FileExistsError` on bad arguments before anything is written.
     """
+    started = time.perf_counter()
     if spec is not None and fields:
         raise ValueError(f"pass a RunSpec or its fields, not both (got spec and {sorted(fields)})")
     source_model = reference_model = None
@@ -313,11 +316,13 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
                             "jit_compile": recipe.resolve_jit_compile(spec.jit_compile), "steps_per_execution": spe}
             cache = reuse_cache.CACHE if reuse and reuse_cache.supported(dist.name, precision, init_hook) else None
             key = cached = None
+            model_cache = "off" if cache is None else "miss"
             if cache is not None:
                 key = reuse_cache.trace_key(net, optimizer, compile_args, precision)
                 cached = cache.adopt(key, net)
             if cached is not None:
                 net = cached  # compiled and traced by an earlier run; now holding this run's initial values
+                model_cache = "hit"
             else:
                 recipe.compile_model(net, optimizer, **compile_args)
                 _build_training_state(net, num_classes)
@@ -388,12 +393,14 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
 
         write_metrics("running", wall_time_s=state["wall_time_s"])
         monitor = RunMonitor(state, steps, write_metrics, ckpt_dir, spec.checkpoint_every, spec.checkpoint_every_s)
-        fit_callbacks = [keras.callbacks.TerminateOnNaN(), monitor, *(callbacks or [])]
+        timer = StepTimer(spe)
+        fit_callbacks = [keras.callbacks.TerminateOnNaN(), monitor, timer, *(callbacks or [])]
         if run_dir is not None:
             fit_callbacks.append(EpochScalars(os.path.join(run_dir, "tensorboard")))
         if spec.ema and spec.eval_every:
             fit_callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=False))
         verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
+        start_step, fit_started = state["step"], time.perf_counter()
         try:
             _fit(net, stream_at, eval_pipe, state["step"], steps, spec.epochs, spec.eval_every,
                  fit_callbacks, verbose, spec.ema)
@@ -409,6 +416,7 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
             write_metrics("failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__,
                           wall_time_s=monitor._wall())
             raise
+        fit_s = time.perf_counter() - fit_started
         last = state["history"][-1] if state["history"] else {}
         if "val_top1" in last and last["epoch"] == spec.epochs:
             final = {k: last[f"val_{k}"] for k in ("loss", "top1", "top5")}
@@ -416,13 +424,30 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
             final = {k: float(v) for k, v in net.evaluate(eval_pipe, return_dict=True, verbose=0).items()}
         if run_dir is not None:
             net.save(os.path.join(run_dir, "model.keras"))
+        timing = _timing(started, fit_started, fit_s, monitor.step - start_step, timer.steady_step_s(),
+                         model_cache)
         write_metrics("finished", **final, train={k: last.get(k) for k in ("loss", "top1", "top5")},
-                      wall_time_s=monitor._wall())
+                      wall_time_s=monitor._wall(), timing=timing)
         if run_dir is not None:
             log_hparams(os.path.join(run_dir, "tensorboard"), metrics["spec"], metrics)
         if ckpt_dir is not None:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
     return metrics
+
+
+def _timing(started, fit_started, fit_s, steps, steady_step_s, model_cache):
+    """Where this `train` call's time went (seconds): "total_s" = "setup_s" (data, model, transfer, compile,
+    resume) + "fit_s" + "after_fit_s" (final evaluation unless `fit` validated last, saving); "steps" trained in
+    this call at a median "steady_step_s"; "fixed_s" = total_s - steps * steady_step_s, the part that does not
+    grow with the steps (setup, tracing, the input stream's first pass, evaluation, saving); "model_cache":
+    "hit" / "miss" of the reuse cache or "off"."""
+    total = time.perf_counter() - started
+    setup = fit_started - started
+    fixed = None if steady_step_s is None else total - steps * steady_step_s
+    return {"total_s": round(total, 3), "setup_s": round(setup, 3), "fit_s": round(fit_s, 3),
+            "after_fit_s": round(total - setup - fit_s, 3), "steps": steps,
+            "steady_step_s": None if steady_step_s is None else round(steady_step_s, 6),
+            "fixed_s": None if fixed is None else round(fixed, 3), "model_cache": model_cache}
 
 
 def _transfer(net, spec, models):

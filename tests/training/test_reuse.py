@@ -54,6 +54,13 @@ def test_cache_hit_is_bit_identical_to_a_fresh_run(cache, source_path, tmp_path)
     assert (cache.hits, cache.misses) == (1, 1)
     assert hit[1].net is not fresh[1].net
     _same(hit, fresh)
+    # the timing record says which runs went through the cache, and adds up
+    assert (hit[0]["timing"]["model_cache"], fresh[0]["timing"]["model_cache"]) == ("hit", "off")
+    for timing in (hit[0]["timing"], fresh[0]["timing"]):
+        assert timing["steps"] == 4 and timing["steady_step_s"] > 0
+        assert timing["total_s"] == pytest.approx(timing["setup_s"] + timing["fit_s"] + timing["after_fit_s"],
+                                                  abs=0.01)
+        assert timing["fixed_s"] == pytest.approx(timing["total_s"] - 4 * timing["steady_step_s"], abs=0.01)
     # the frozen kernels are still the source's, bit for bit
     source = keras.saving.load_model(source_path)
     assert len(hit[0]["frozen_layers"]) == 2
@@ -67,6 +74,29 @@ def test_cache_hit_is_bit_identical_to_a_fresh_run(cache, source_path, tmp_path)
     for w in saved.weights:
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(w), fresh[1].values[w.path], err_msg=w.path)
     assert not any(w.trainable for name in hit[0]["frozen_layers"] for w in saved.get_layer(name).weights)
+
+
+def test_the_cache_drops_least_recently_used_models_beyond_its_byte_budget():
+    def compiled(units):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(units, name="dense")], name="net")
+        model.compile(optimizer="adam", loss="mse")
+        model.optimizer.build(model.trainable_variables)
+        return model
+
+    sizes = {units: reuse._nbytes(m.variables) + 2 * reuse._nbytes(m.optimizer.variables)
+             for units, m in ((u, compiled(u)) for u in (8, 16, 32))}
+    assert sizes[8] == 4 * 5 * 8 + 2 * (4 * 2 * 5 * 8 + 8 + 4)  # weights; twice Adam moments, int64 step, lr
+    cache = reuse.ModelCache(max_entries=16, max_bytes=sizes[8] + sizes[16])
+    cache.put("a", compiled(8))
+    cache.put("b", compiled(16))
+    assert cache.adopt("a", compiled(8)) is not None  # "a" is now the most recently used
+    cache.put("c", compiled(32))  # over budget: "b" goes first, then "a"
+    assert (cache.adopt("b", compiled(16)), cache.adopt("a", compiled(8))) == (None, None)
+    assert len(cache) == 1 and cache.nbytes() == sizes[32]  # the newest stays even over the budget
+    small = reuse.ModelCache(max_entries=2)
+    for key in "xyz":
+        small.put(key, compiled(8))
+    assert len(small) == 2 and small.adopt("x", compiled(8)) is None
 
 
 @pytest.mark.long  # make test-long
