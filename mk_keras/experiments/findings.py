@@ -349,6 +349,46 @@ def verdict(claim, entries):
     return word, "; ".join(parts) + "."
 
 
+CONTROLS = ("random_frozen", "shuffled", "delta")
+_AS = {"higher": "above", "lower": "below", "no_loss": "within 2 pp of or above"}
+SCALE_CAVEAT = ("Nothing here speaks for ImageNet scale: 28x28 grey images, models of 0.4-1.5 M parameters, "
+                "200-600 steps, 5 seeds.")
+
+
+def plain_words(claim, entries):
+    """The verdict's plain-language paragraph: what each finished comparison shows, whether any comparison with
+    control filters shows the setup can detect a filter effect, and what stays open."""
+    shown, open_, sensitive = [], [], []
+    for t, group in zip(claim.tests, entries):
+        for e in group:
+            if e["outcome"] is None:
+                continue
+            unclear = e["outcome"] == "unclear"
+            text = f"{t.x.name()} {'from' if unclear else _AS[e['outcome']]} {t.y.name()} ({_where(e)}: " \
+                   f"{_fmt_entry(e)} pp"
+            text += f"; predicted {t.predicted.replace('_', ' ')})" if t.predicted else ")"
+            (open_ if unclear else shown).append(text)
+            if t.y.treatment in CONTROLS and e["outcome"] == "higher":
+                sensitive.append(f"{t.x.name()} above {t.y.name()} in {_where(e)}")
+    if not shown and not open_:
+        return ""
+    out = []
+    if shown:
+        out.append("The data show " + "; ".join(shown) + ".")
+    controls = [t for t in claim.tests if t.y.treatment in CONTROLS]
+    if sensitive:
+        out.append("The setup can detect an effect of what the filters hold where the filters under test beat control "
+                   "filters: "
+                   + "; ".join(sensitive) + ".")
+    elif controls:
+        out.append("No comparison with control filters comes out higher, so these runs do not show that the "
+                   "filters themselves carry what is measured.")
+    if open_:
+        out.append("They do not tell " + "; ".join(open_) + f": the 95 % interval holds 0 and reaches below "
+                   f"-{MARGIN_PP:g} pp.")
+    return " ".join([*out, SCALE_CAVEAT])
+
+
 def _fmt_entry(e):
     ci = "" if e["ci_pp"] is None else f" ± {e['ci_pp']:.2f}"
     return f"{e['mean_pp']:+.2f}{ci}"
@@ -424,6 +464,9 @@ def render(rows, runs_dir, out_path, img_dir=None, provenance=""):
         sec += ["", "**Top-1 per treatment.**", "", *_summary_lines(rows, claim), ""]
         sec += _copy_figures(runs_dir, claim, img_dir, out_dir) + [""]
         sec += [f"**Verdict: {word}.** {why}", ""]
+        words = plain_words(claim, entries)
+        if words:
+            sec += [words, ""]
         sections += sec
     return "\n".join(lines + ["", CHOICES] + sections)
 

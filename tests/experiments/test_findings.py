@@ -141,3 +141,21 @@ def test_progress_names_unfinished_presets():
     assert text.startswith("**Incomplete") and f"{first} 1/2" in text and f"{rest[0]} not started" in text
     everything = {p: [_row("baseB", 0, 0.8)] for p in findings.presets()}
     assert findings.progress(everything, {p: 1 for p in findings.presets()}).startswith("All planned runs finished")
+
+
+def test_plain_words_say_what_is_shown_what_is_open_and_whether_the_setup_can_see_filters():
+    main = Check(Side("p", "AnB"), Side("p", "baseB"), "no_loss")
+    control = Check(Side("p", "AnB"), Side("p", "random_frozen"), "higher", control=True)
+    claim = _claim(main, control)
+    where = {"model": "m", "kind": "depthwise", "n": 5, "source_size": None}
+    text = findings.plain_words(claim, [[{**_entry(0.2, 0.5), **where}], [{**_entry(0.5, 3.0), **where}]])
+    assert "The data show AnB within 2 pp of or above baseB (m, depthwise, n=5: +0.20 ± 0.50 pp; predicted no " \
+           "loss)." in text
+    assert "They do not tell AnB from random_frozen (m, depthwise, n=5: +0.50 ± 3.00 pp; predicted higher): the " \
+           "95 % interval holds 0 and reaches below -2 pp." in text
+    assert "No comparison with control filters comes out higher" in text
+    assert findings.SCALE_CAVEAT in text
+    text = findings.plain_words(claim, [[{**_entry(0.2, 0.5), **where}], [{**_entry(3.0, 1.0), **where}]])
+    assert "can detect an effect of what the filters hold where the filters under test beat control filters: AnB " \
+           "above random_frozen in m, depthwise, n=5." in text
+    assert findings.plain_words(claim, [[], []]) == ""
