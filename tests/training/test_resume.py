@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mk_keras import create_model, filter_layers
-from mk_keras.training import TrainingFailed, train
+from mk_keras.training import TrainingFailed, reuse, train
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,7 @@ def straight_run(tmp_path_factory, source_path):
     return metrics, run_dir, snapshot["dw"]
 
 
-def _killed_and_resumed(run_dir, source_path, kill_at_step, by_wall_time=False):
+def _killed_and_resumed(run_dir, source_path, kill_at_step, by_wall_time=False, reuse_on_resume=False):
     kwargs = _kwargs(run_dir, source_path, **({"checkpoint_every": 1000, "checkpoint_every_s": 150.0}
                                               if by_wall_time else {}))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -93,7 +93,7 @@ def _killed_and_resumed(run_dir, source_path, kill_at_step, by_wall_time=False):
     state = json.loads((run_dir / "metrics.json").read_text())
     assert state["status"] == "running"
     assert (run_dir / "checkpoint" / "state.npz").exists() and not (run_dir / "model.keras").exists()
-    return state, train(**kwargs)
+    return state, train(**kwargs, reuse=reuse_on_resume)
 
 
 def _assert_same_run(resumed, killed_dir, straight, straight_dir):
@@ -156,3 +156,16 @@ def test_nan_loss_fails_the_run(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "NaN" in metrics["error"]
     assert not (tmp_path / "model.keras").exists()
+
+
+def test_a_resume_through_the_reuse_cache_is_bit_identical(tmp_path, source_path, straight_run, monkeypatch):
+    # A sweep process resumes a retried run on a compiled model kept from an earlier run of the same key.
+    monkeypatch.setattr(reuse, "CACHE", reuse.ModelCache())
+    filler = train(**{**_kwargs(tmp_path / "filler", source_path), "seed": 4}, reuse=True)
+    assert filler["timing"]["model_cache"] == "miss"
+    killed_dir = tmp_path / "killed"
+    state, resumed = _killed_and_resumed(killed_dir, source_path, kill_at_step=8, reuse_on_resume=True)
+    assert resumed["timing"]["model_cache"] == "hit" and resumed["resumed_at_steps"] == [8]
+    assert resumed["timing"]["steps"] == 24
+    straight, straight_dir, _ = straight_run
+    _assert_same_run(resumed, killed_dir, straight, straight_dir)
