@@ -159,3 +159,24 @@ def test_plain_words_say_what_is_shown_what_is_open_and_whether_the_setup_can_se
     assert "can detect an effect of what the filters hold where the filters under test beat control filters: AnB " \
            "above random_frozen in m, depthwise, n=5." in text
     assert findings.plain_words(claim, [[], []]) == ""
+
+
+def test_load_rows_reads_the_finished_runs_of_each_preset_sweep(tmp_path):
+    from sweep_helpers import FakeTrain
+
+    from mk_keras.cli import sweep as cli
+
+    runs = tmp_path / "runs"
+    status = cli.main(["mk-sweep", f"--flagfile={ROOT}/flags/claims/master_keys.flags",
+                       f"--output_dir={runs / 'master_keys'}", f"--store={tmp_path / 'store'}"], train_fn=FakeTrain())
+    assert status == 0
+    result = runs / "master_keys" / "results" / "convnext_micro_cifar-depthwise-delta-n5-s3.json"
+    result.write_text(result.read_text().replace('"status": "finished"', '"status": "failed"'))
+    (runs / "fig3_general_filters").mkdir()  # a directory without sweep.json: not a sweep yet
+    rows, planned = findings.load_rows(str(runs))
+    assert planned == {"master_keys": 40}
+    assert len(rows["master_keys"]) == 39 and {r["status"] for r in rows["master_keys"]} == {"finished"}
+    assert ("delta", 3) not in {(r["treatment"], r["seed"]) for r in rows["master_keys"]}
+    assert all(r["top1"] is not None for r in rows["master_keys"])
+    line = findings.progress(rows, planned)
+    assert "master_keys 39/40" in line and "fig3_general_filters not started" in line
