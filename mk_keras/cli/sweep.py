@@ -81,12 +81,15 @@ def define_flags(fv):
                      flag_values=fv)
     d.DEFINE_float("lock_stale_s", 900.0, "A run lock not refreshed for this many seconds (its holder was "
                    "killed on another machine) is taken over.", lower_bound=1.0, flag_values=fv)
+    d.DEFINE_integer("eval_max_per_class_a", None, "Evaluation examples per class for runs on A (baseA) when A's "
+                     "test split has fewer than --eval_max_per_class (0: all; unset: as for B).", lower_bound=0,
+                     flag_values=fv)
     d.DEFINE_string("store", None, "Run store shared by sweeps: runs live in STORE/<spec hash>/ and a run already "
                     "finished there is reused, not retrained (docs/cluster.md).", flag_values=fv)
     names = ["name", "output_dir", "dataset_a", "classes_a", "dataset_b", "classes_b", "models", "kinds", "depths",
              "treatments", "seeds", "source_sizes", "cross_source", "cross_kernel_map", "cross_channel_map",
              "base_a_source", "shard_index", "num_shards", "merge_only", "dry_run", "smoke", "lock_stale_s",
-             "store"]
+             "eval_max_per_class_a", "store"]
     return names, common.define_training_flags(fv, exclude=_PER_RUN)
 
 
@@ -110,7 +113,8 @@ def config_from_flags(fv, training_names):
         treatments=fv.treatments, seeds=_ints(fv.seeds, "seeds"), source_sizes=_ints(fv.source_sizes, "source_sizes"),
         cross_source=fv.cross_source, cross_kernel_map=None if fv.cross_kernel_map == "none" else fv.cross_kernel_map,
         cross_channel_map=None if fv.cross_channel_map == "none" else fv.cross_channel_map,
-        base_a_source=fv.base_a_source, train_args=train_args, store=fv.store,
+        base_a_source=fv.base_a_source, train_args=train_args, eval_max_per_class_a=fv.eval_max_per_class_a,
+        store=fv.store,
     )
 
 

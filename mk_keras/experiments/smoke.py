@@ -127,6 +127,7 @@ def smoke_config(config, weights_dir, log=print):
     if len(config.seeds) > 1:
         log(f"smoke: seed {config.seeds[0]} only (planned: {', '.join(map(str, config.seeds))})")
     return dataclasses.replace(config, dataset_a=data["A"], classes_a=None, dataset_b=data["B"], classes_b=None,
+                               eval_max_per_class_a=None,
                                depths=[str(depth)], seeds=list(config.seeds[:1]), source_sizes=sizes,
                                base_a_source=external, train_args=args, store=None)
 

@@ -105,6 +105,8 @@ class SweepConfig:
         sweep trains baseA); one entry for all models or one per model; empty: every baseA is trained.
       train_args: keyword arguments of `mk_keras.training.train` shared by every run (epochs, batch_size,
         lr, max_per_class, steps_per_epoch, ...), except `PER_RUN_ARGS`.
+      eval_max_per_class_a: evaluation examples per class for runs on A (baseA), when A's test split is smaller
+        than `train_args["eval_max_per_class"]` allows; 0: all; None: as for B.
       store: a run store shared by sweeps (see the module docstring); None: runs live in the sweep directory.
         Not compared on resume (it changes where runs live, not what they compute).
     """
@@ -125,6 +127,7 @@ class SweepConfig:
     cross_channel_map: str | None = "auto"
     base_a_source: list = dataclasses.field(default_factory=list)
     train_args: dict = dataclasses.field(default_factory=dict)
+    eval_max_per_class_a: int | None = None
     store: str | None = None
 
     def data(self, side):
@@ -140,6 +143,8 @@ class SweepConfig:
                if k in ("name", "dataset_a", "classes_a", "dataset_b", "classes_b", "base_a_source")}
         out["dataset_b"] = self.dataset_b or self.dataset_a
         out["train_args"] = {k: v for k, v in self.train_args.items() if k not in _UNCOMPARED_TRAIN_ARGS}
+        if self.eval_max_per_class_a is not None:  # absent when unset, as in sweeps defined before it existed
+            out["eval_max_per_class_a"] = self.eval_max_per_class_a
         return _jsonable(out)
 
 
@@ -491,6 +496,8 @@ def train_kwargs(run, config, output_dir):
                   run_dir=results.run_dir(output_dir, run.run_id))
     if run.source_size and t.data == "A":
         kwargs["max_per_class"] = run.source_size  # only base A trains on A; a transfer's B keeps train_args'
+    if t.data == "A" and config.eval_max_per_class_a is not None:
+        kwargs["eval_max_per_class"] = config.eval_max_per_class_a or None
     if t.uses_n:
         kwargs.update(kind=run.kind, n=run.train_n, order=t.order, freeze=t.freeze)
         if t.master_keys:

@@ -81,6 +81,21 @@ def test_only_runs_trained_on_a_get_the_source_size():
     assert kw["cross"]["source"].endswith("convnext_micro_cifar-baseA-a100-s0")
 
 
+def test_eval_max_per_class_a_reaches_only_runs_on_a():
+    def evals(config):
+        p = plan(config)
+        return {r.treatment: train_kwargs(r, p.config, "/o").get("eval_max_per_class") for r in p.runs}
+
+    base = dict(models=["convnext_micro_cifar"], depths=["2"], treatments=["baseA", "baseB", "AnB"],
+                train_args={"eval_max_per_class": 500})
+    assert evals(_config(**base, eval_max_per_class_a=200)) == {"baseA": 200, "baseB": 500, "AnB": 500}
+    assert evals(_config(**base, eval_max_per_class_a=0)) == {"baseA": None, "baseB": 500, "AnB": 500}  # all
+    assert evals(_config(**base)) == {"baseA": 500, "baseB": 500, "AnB": 500}
+    # unset, it stays out of the settings a rerun is compared on (sweeps defined before it existed resume)
+    assert "eval_max_per_class_a" not in _config(**base).settings()
+    assert _config(**base, eval_max_per_class_a=200).settings()["eval_max_per_class_a"] == 200
+
+
 def test_cross_architecture_plan():
     p = plan(_config(models=["mobilenetv2_cifar"], cross_source="convnext_micro_cifar", depths=["all"],
                      treatments=["baseA", "baseB", "AnB", "cross"]))
