@@ -79,6 +79,18 @@ def test_alexnet_caffe_reference_init():
                       "fc6": {1.0}, "fc7": {1.0}, "head_dense": {0.0}}
 
 
+def test_alexnet_small_he_init_and_bad_init_named():
+    # The CPU-scale arm trains from He-normal weights and zero biases (docs/models.md says why).
+    model = mk_keras.create_model("alexnet_small_cifar", num_classes=10, input_shape=(28, 28, 1))
+    for name, fan_in in (("conv4", 3 * 3 * 96), ("fc6", _w(model, "fc6").shape[0])):
+        # keras.initializers.HeNormal: a normal truncated at 2 std, rescaled so its std is sqrt(2 / fan_in)
+        assert _w(model, name).std() == pytest.approx(math.sqrt(2 / fan_in), rel=0.03), name
+    for name in ("conv2", "conv5", "fc6", "fc7", "head_dense"):
+        assert not np.any(_w(model, name, "bias")), name
+    with pytest.raises(ValueError, match="init='xavier'; allowed: caffe, he"):
+        mk_keras.create_model("alexnet_small_cifar", num_classes=10, init="xavier")
+
+
 @pytest.mark.parametrize("name", ["convnext_micro_cifar", "resnet10_cifar", "mobilenetv2_cifar"])
 def test_same_global_seed_same_weights_and_layers_draw_independently(name):
     def build(seed):
