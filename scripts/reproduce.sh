@@ -1,17 +1,46 @@
 #!/usr/bin/env bash
 # make reproduce: train every claim preset in flags/claims/ (resumable: rerun to continue), then write
 # docs/findings.md from their results. Runs shared by presets (same run specification) are trained once, in the
-# run store runs/claims/store. Budget: about 3 h on 2 CPU cores (docs/findings.md gives the measured time).
+# run store runs/claims/store. WORKERS processes (default: one per core, cores/WORKERS TensorFlow threads each) go
+# through the presets in the same order and claim ready runs from each (docs/sweeps.md): at these model sizes one
+# process leaves much of a second core idle (single-threaded tracing and input work, small ops).
+# Budget: docs/findings.md gives the measured time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
-failed=()
-for preset in $("$BIN/python" -m mk_keras.experiments.findings --list_presets); do
-  # A preset with a failed run or a bad definition does not stop the others; it is named at the end.
-  "$BIN/mk-sweep" --flagfile="flags/claims/$preset.flags" || failed+=("$preset")
-done
+WORKERS=${WORKERS:-$(nproc)}
+if ! [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]]; then
+  echo "make reproduce: WORKERS=$WORKERS; allowed: a positive integer" >&2
+  exit 2
+fi
+THREADS=$(( $(nproc) / WORKERS > 0 ? $(nproc) / WORKERS : 1 ))
+presets=$("$BIN/python" -m mk_keras.experiments.findings --list_presets)
+LOG_DIR=${LOG_DIR:-runs/claims}
+mkdir -p "$LOG_DIR"
+failed_file=$(mktemp)
+trap 'rm -f "$failed_file"' EXIT
+
+worker() {
+  local index=$1 preset
+  for preset in $presets; do
+    # A preset with a failed run or a bad definition does not stop the others; it is named at the end.
+    TF_NUM_INTRAOP_THREADS=$THREADS TF_NUM_INTEROP_THREADS=$THREADS "$BIN/mk-sweep" --flagfile="flags/claims/$preset.flags" \
+      --num_shards="$WORKERS" --shard_index="$index" || echo "$preset" >> "$failed_file"
+  done
+}
+
+if ((WORKERS == 1)); then
+  worker 0
+else
+  for ((i = 0; i < WORKERS; i++)); do
+    echo "make reproduce: worker $i of $WORKERS logs to $LOG_DIR/worker$i.log"
+    worker "$i" > "$LOG_DIR/worker$i.log" 2>&1 &
+  done
+  wait
+fi
 "$BIN/python" -m mk_keras.experiments.findings --runs=runs/claims --out=docs/findings.md
-if ((${#failed[@]})); then
-  echo "make reproduce: ${failed[*]} did not finish every run; rerun to resume them" >&2
+failed=$(sort -u "$failed_file" | tr '\n' ' ')
+if [ -n "$failed" ]; then
+  echo "make reproduce: ${failed}did not finish every run; rerun to resume them" >&2
   exit 1
 fi
