@@ -1,7 +1,7 @@
 # make quickstart : set up everything (venv, offline data) and run the quickstart sweep (main job)
 # make test       : set up everything and run the tests (TensorFlow backend, then JAX for backend-agnostic parts)
 # make test-long  : the longest end-to-end checks, left out of make test
-# make reproduce  : every claim of the paper at CPU scale (flags/claims/, ~3 h on 2 cores, resumable) -> docs/findings.md
+# make reproduce  : every claim of the paper at CPU scale (flags/claims/, one worker per core, resumable) -> docs/findings.md
 VENV := .venv
 BIN := $(VENV)/bin
 

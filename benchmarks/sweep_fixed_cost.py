@@ -1,12 +1,13 @@
 """Fixed-cost share of sweeps that already ran, from the "timing" record `train` writes into each run's
-metrics.json (mk_keras.training.run._timing): fixed cost = a run's wall time minus its steps x its median steady
-step time (setup, tracing, the input stream's first pass, final evaluation, saving).
+metrics.json (mk_keras.training.run._timing): fixed cost = a run's `total_s` (its `train` call) minus its steps x
+its median steady step time (setup, tracing, the input stream's first pass, final evaluation, saving).
 
     python benchmarks/sweep_fixed_cost.py runs/claims/store > fixed_cost.json
 
 Each argument is a run directory, a sweep directory or a run store; every metrics.json below it counts once
 (run directories a sweep links from the store are the same files). Runs finished before timing was recorded, and
-resumed runs (their record covers the last session only), are counted but left out of the share. Prints JSON.
+resumed runs (their record covers the last session only), are counted ("left_out_runs") but left out of the
+share. Prints JSON.
 """
 
 import argparse
@@ -53,7 +54,7 @@ def fixed_cost(paths):
     for m in runs.values():
         if m.get("timing") and m["timing"].get("fixed_s") is not None and not m.get("resumed_at_steps"):
             by_model.setdefault(m["model"], []).append(m["timing"])
-    return {"paths": list(paths), "finished_runs": len(runs), "untimed_runs": len(runs) - len(timed),
+    return {"paths": list(paths), "finished_runs": len(runs), "left_out_runs": len(runs) - len(timed),
             "all": _summary(timed), "by_model_cache": by_cache,
             "by_model": {k: _summary(v) for k, v in sorted(by_model.items())}}
 

@@ -32,15 +32,25 @@ worker() {
 if ((WORKERS == 1)); then
   worker 0
 else
+  # Background jobs of a script ignore Ctrl-C: pass INT/TERM on, so no worker keeps training (and holding run
+  # locks) after make reproduce has stopped.
+  # Each worker gets its own process group (set -m), so the trap stops the worker and the mk-sweep it runs.
+  pids=()
+  trap 'for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done; wait; exit 130' INT TERM
+  set -m
   for ((i = 0; i < WORKERS; i++)); do
-    echo "make reproduce: worker $i of $WORKERS logs to $LOG_DIR/worker$i.log"
-    worker "$i" > "$LOG_DIR/worker$i.log" 2>&1 &
+    echo "make reproduce: worker $i of $WORKERS appends to $LOG_DIR/worker$i.log"
+    worker "$i" >> "$LOG_DIR/worker$i.log" 2>&1 &
+    pids+=($!)
   done
-  wait
+  set +m
+  for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" || echo "worker$i(exit status $?)" >> "$failed_file"
+  done
 fi
 "$BIN/python" -m mk_keras.experiments.findings --runs=runs/claims --out=docs/findings.md
 failed=$(sort -u "$failed_file" | tr '\n' ' ')
 if [ -n "$failed" ]; then
-  echo "make reproduce: ${failed}did not finish every run; rerun to resume them" >&2
+  echo "make reproduce: not every run finished: ${failed% }; rerun to resume them" >&2
   exit 1
 fi

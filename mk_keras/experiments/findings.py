@@ -356,8 +356,7 @@ def verdict(claim, entries):
     return word, "; ".join(parts) + "."
 
 
-CONTROLS = ("random_frozen", "shuffled", "delta")
-_AS = {"higher": "above", "lower": "below", "no_loss": "within 2 pp of or above"}
+_AS = {"higher": "above", "lower": "below", "no_loss": f"within {MARGIN_PP:g} pp of or above"}
 SCALE_CAVEAT = ("Nothing here speaks for ImageNet scale: 28x28 grey images, models of 0.4-1.5 M parameters, "
                 "200-600 steps, 5 seeds.")
 
@@ -365,7 +364,8 @@ SCALE_CAVEAT = ("Nothing here speaks for ImageNet scale: 28x28 grey images, mode
 def plain_words(claim, entries):
     """The verdict's plain-language paragraph: what each finished comparison shows, whether any comparison with
     control filters shows the setup can detect a filter effect, and what stays open."""
-    shown, open_, sensitive = [], [], []
+    shown, open_, undecided, sensitive = [], [], [], []
+    controls_done = False
     for t, group in zip(claim.tests, entries):
         for e in group:
             if e["outcome"] is None:
@@ -375,24 +375,33 @@ def plain_words(claim, entries):
                    f"{_fmt_entry(e)} pp"
             text += f"; predicted {t.predicted.replace('_', ' ')})" if t.predicted else ")"
             (open_ if unclear else shown).append(text)
-            if t.y.treatment in CONTROLS and e["outcome"] == "higher":
-                sensitive.append(f"{t.x.name()} above {t.y.name()} in {_where(e)}")
+            if e["outcome"] == "no_loss" and t.predicted in ("higher", "lower"):
+                # the interval holds 0: neither the predicted direction nor its opposite
+                undecided.append(f"{t.x.name()} {_AS[t.predicted]} {t.y.name()} ({_where(e)})")
+            if t.control:
+                controls_done = True
+                if e["outcome"] == "higher":
+                    sensitive.append(f"{t.x.name()} above {t.y.name()} in {_where(e)}")
     if not shown and not open_:
         return ""
     out = []
     if shown:
         out.append("The data show " + "; ".join(shown) + ".")
-    controls = [t for t in claim.tests if t.y.treatment in CONTROLS]
     if sensitive:
         out.append("The setup can detect an effect of what the filters hold where the filters under test beat control "
                    "filters: "
                    + "; ".join(sensitive) + ".")
-    elif controls:
+    elif controls_done:
         out.append("No comparison with control filters comes out higher, so these runs do not show that the "
                    "filters themselves carry what is measured.")
+    elif any(t.control for t in claim.tests):
+        out.append("No comparison with control filters has finished yet, so these runs cannot say whether the "
+                   "setup detects what the filters hold.")
     if open_:
         out.append("They do not tell " + "; ".join(open_) + f": the 95 % interval holds 0 and reaches below "
                    f"-{MARGIN_PP:g} pp.")
+    if undecided:
+        out.append("They do not show " + "; ".join(undecided) + ", as predicted: there the 95 % interval holds 0.")
     return " ".join([*out, SCALE_CAVEAT])
 
 

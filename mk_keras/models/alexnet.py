@@ -73,6 +73,7 @@ def _variant(config_name, default_shape):
 
 register_model("alexnet", "alexnet", "Yosinski 2014 AlexNet-style CNN, 227 px")(_variant("alexnet", (227, 227, 3)))
 register_model("alexnet_cifar", "alexnet", "AlexNet-style CNN for 32 px inputs")(_variant("alexnet_cifar", (32, 32, 3)))
-register_model("alexnet_small_cifar", "alexnet", "alexnet_cifar at quarter width, He-normal init, 32 px")(
+# revision 2 (2026-12-01): He-normal initialisation instead of the Caffe Gaussian one
+register_model("alexnet_small_cifar", "alexnet", "alexnet_cifar at quarter width, He-normal init, 32 px", revision=2)(
     _variant("alexnet_small_cifar", (32, 32, 3))
 )

@@ -6,13 +6,18 @@ import fnmatch
 _MODELS = {}
 
 
-def register_model(name, family, description=""):
-    """Decorator registering a builder `fn(num_classes, input_shape, **overrides) -> keras.Model`."""
+def register_model(name, family, description="", revision=1):
+    """Decorator registering a builder `fn(num_classes, input_shape, **overrides) -> keras.Model`. `revision`:
+    raise it whenever a change to the builder changes what a run of this model computes (architecture,
+    initialisation), so runs made before the change get another run identity (`RunSpec.spec_hash`) and a run
+    store never serves them for the new model."""
 
     def wrap(fn):
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
-        _MODELS[name] = {"fn": fn, "family": family, "description": description}
+        if not isinstance(revision, int) or isinstance(revision, bool) or revision < 1:
+            raise ValueError(f"revision={revision!r} for model {name!r}; allowed: an integer >= 1")
+        _MODELS[name] = {"fn": fn, "family": family, "description": description, "revision": revision}
         return fn
 
     return wrap
@@ -28,6 +33,12 @@ def model_family(name):
     """The family of a registered model ('convnext', 'convnextv2', 'resnet', 'mobilenetv2', 'alexnet')."""
     _check_name(name)
     return _MODELS[name]["family"]
+
+
+def model_revision(name):
+    """The builder revision of a registered model (1 unless its definition changed since it was registered)."""
+    _check_name(name)
+    return _MODELS[name]["revision"]
 
 
 def _check_name(name):

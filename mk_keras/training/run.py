@@ -32,7 +32,7 @@ import numpy as np
 
 from mk_keras.filters import iter_layers
 from mk_keras.master_keys import assign_master_keys
-from mk_keras.models import create_model
+from mk_keras.models import create_model, model_revision
 from mk_keras.training import checkpoint, recipe, rundir
 from mk_keras.training import reuse as reuse_cache
 from mk_keras.training.callbacks import EpochScalars, KeepRawWeights, RunMonitor, StepTimer
@@ -223,8 +223,8 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
     Returns the metrics dict written to `run_dir/metrics.json`: "status", final test "top1"/"top5"/"loss",
     per-epoch "epochs", "params" (total/trainable/non_trainable/frozen), "frozen_layers", "transfer",
     "initial_weights" (sha256 per layer before any transfer), "init_hook", "recipe", "dataset", "eval_dataset",
-    "spec" (the resolved spec), "spec_hash", "wall_time_s" (in `fit`, summed over resumptions) and "timing"
-    (this call: `_timing`). Raises `TrainingFailed` on a NaN loss (status "failed"),
+    "spec" (the resolved spec), "spec_hash", "model_revision" (`mk_keras.models.model_revision`), "wall_time_s"
+    (fit, final evaluation and saving, summed over resumptions) and "timing" (this call: `_timing`). Raises `TrainingFailed` on a NaN loss (status "failed"),
     `ValueError`/`FileNotFoundError`/`FileExistsError` on bad arguments before anything is written.
     """
     started = time.perf_counter()
@@ -367,6 +367,7 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
             "init_hook_name": getattr(init_hook, "__qualname__", None if init_hook is None else repr(init_hook)),
             "spec": spec.to_dict(),
             "spec_hash": spec.spec_hash(),
+            "model_revision": model_revision(spec.model),
         }
         if run_dir is not None:
             rundir.prepare(run_dir, overwrite, spec, flags_text,

@@ -66,6 +66,8 @@ def inspect(run_dir, overwrite, spec):
         raise FileExistsError(f"run directory {run_dir!r} holds a finished run; pass overwrite (--overwrite) to "
                               "replace it, or choose another run directory")
     old = {k: v for k, v in (prev.get("spec") or {}).items() if k not in (*EXECUTION_FIELDS, "seed")}
+    if prev.get("model_revision", 1) != 1:  # as in RunSpec.identity; runs from before revisions existed: 1
+        old["model_revision"] = prev["model_revision"]
     new = spec.identity()
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:

@@ -160,8 +160,15 @@ class RunSpec:
 
     def identity(self):
         """The fields that change what the run computes: the spec without `EXECUTION_FIELDS` and without `seed`
-        (only the default of the two seeds, which are resolved)."""
-        return {k: v for k, v in self.to_dict().items() if k not in (*EXECUTION_FIELDS, "seed")}
+        (only the default of the two seeds, which are resolved), plus "model_revision" where the model's builder
+        changed after it was first registered (left out at revision 1, so earlier runs keep their identity)."""
+        from mk_keras.models import model_revision
+
+        identity = {k: v for k, v in self.to_dict().items() if k not in (*EXECUTION_FIELDS, "seed")}
+        revision = model_revision(self.model)
+        if revision != 1:
+            identity["model_revision"] = revision
+        return identity
 
     def spec_hash(self):
         """sha256 of the canonical JSON of `identity()`: the run's identity."""

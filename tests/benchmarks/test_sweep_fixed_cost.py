@@ -36,7 +36,7 @@ def test_share_counts_each_run_once_and_leaves_out_untimed_and_resumed_runs(tmp_
 
     sweep_fixed_cost.main([str(store), str(tmp_path / "sweep")])
     out = json.loads(capsys.readouterr().out)
-    assert (out["finished_runs"], out["untimed_runs"]) == (5, 2)
+    assert (out["finished_runs"], out["left_out_runs"]) == (5, 2)
     assert out["all"]["runs"] == 3
     assert out["all"]["fixed_s"] == pytest.approx(30.0) and out["all"]["total_s"] == pytest.approx(55.0)
     assert out["all"]["fixed_share"] == pytest.approx(30 / 55, abs=1e-3)

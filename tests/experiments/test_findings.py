@@ -159,6 +159,15 @@ def test_plain_words_say_what_is_shown_what_is_open_and_whether_the_setup_can_se
     assert "can detect an effect of what the filters hold where the filters under test beat control filters: AnB " \
            "above random_frozen in m, depthwise, n=5." in text
     assert findings.plain_words(claim, [[], []]) == ""
+    # a predicted direction whose interval holds 0 but stays above -2 pp is said to be open, not shown
+    text = findings.plain_words(claim, [[{**_entry(0.2, 0.5), **where}], [{**_entry(0.5, 1.0), **where}]])
+    assert "AnB within 2 pp of or above random_frozen (m, depthwise, n=5: +0.50 ± 1.00 pp; predicted higher)" in text
+    assert "They do not show AnB above random_frozen (m, depthwise, n=5), as predicted: there the 95 % interval " \
+           "holds 0." in text
+    # controls not finished are not read as a negative result
+    text = findings.plain_words(claim, [[{**_entry(0.2, 0.5), **where}], []])
+    assert "No comparison with control filters has finished yet" in text
+    assert "comes out higher" not in text
 
 
 def test_load_rows_reads_the_finished_runs_of_each_preset_sweep(tmp_path):

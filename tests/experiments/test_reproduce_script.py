@@ -1,10 +1,13 @@
 """scripts/reproduce.sh (make reproduce) with stand-ins for the binaries: every worker goes through every preset as
-its own shard, a failed preset does not stop the others and is named at the end, bad WORKERS is refused."""
+its own shard, a failed preset does not stop the others and is named at the end, Ctrl-C stops every worker, bad
+WORKERS is refused."""
 
 import os
 import pathlib
+import signal
 import stat
 import subprocess
+import time
 
 import pytest
 
@@ -25,24 +28,30 @@ def fake_bin(tmp_path):
     _executable(bin_dir / "python", f"""#!/usr/bin/env bash
 if [ "$3" = --list_presets ]; then echo alpha; echo beta; else echo "findings $*" >> {calls}; fi
 """)
-    # mk-sweep: records its flags and thread settings; the preset "beta" fails
+    # mk-sweep: records its flags and thread settings; the first preset, "alpha", fails; with SLEEP set it
+    # records its pid and sleeps
     _executable(bin_dir / "mk-sweep", f"""#!/usr/bin/env bash
 echo "sweep $* threads=$TF_NUM_INTRAOP_THREADS" >> {calls}
-case "$1" in *beta*) exit 1;; esac
+if [ -n "$SLEEP" ]; then echo $$ >> {tmp_path}/pids.txt; sleep "$SLEEP"; fi
+case "$1" in *alpha*) exit 1;; esac
 """)
     return bin_dir, calls
 
 
+def _env(bin_dir, tmp_path, workers, **extra):
+    return {**os.environ, "BIN": str(bin_dir), "WORKERS": workers, "LOG_DIR": str(tmp_path / "logs"), **extra}
+
+
 def _run(bin_dir, tmp_path, workers):
-    env = {**os.environ, "BIN": str(bin_dir), "WORKERS": workers, "LOG_DIR": str(tmp_path / "logs")}
-    return subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(["bash", str(SCRIPT)], env=_env(bin_dir, tmp_path, workers), capture_output=True,
+                          text=True, timeout=60)
 
 
 def test_every_worker_runs_every_preset_and_failures_are_named(fake_bin, tmp_path):
     bin_dir, calls = fake_bin
     result = _run(bin_dir, tmp_path, "2")
     assert result.returncode == 1
-    assert result.stderr.strip() == "make reproduce: beta did not finish every run; rerun to resume them"
+    assert result.stderr.strip() == "make reproduce: not every run finished: alpha; rerun to resume them"
     lines = calls.read_text().splitlines()
     sweeps = sorted(line for line in lines if line.startswith("sweep"))
     threads = max(1, len(os.sched_getaffinity(0)) // 2)  # nproc / WORKERS
@@ -51,6 +60,44 @@ def test_every_worker_runs_every_preset_and_failures_are_named(fake_bin, tmp_pat
         for preset in ("alpha", "beta") for i in (0, 1))
     assert lines[-1] == "findings -m mk_keras.experiments.findings --runs=runs/claims --out=docs/findings.md"
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["worker0.log", "worker1.log"]
+
+
+def test_one_worker_runs_in_the_foreground_with_every_thread(fake_bin, tmp_path):
+    bin_dir, calls = fake_bin
+    result = _run(bin_dir, tmp_path, "1")
+    assert result.returncode == 1
+    threads = len(os.sched_getaffinity(0))
+    assert [line for line in calls.read_text().splitlines() if line.startswith("sweep")] == [
+        f"sweep --flagfile=flags/claims/{preset}.flags --num_shards=1 --shard_index=0 threads={threads}"
+        for preset in ("alpha", "beta")]
+
+
+def test_interrupt_stops_every_worker_and_its_sweep(fake_bin, tmp_path):
+    bin_dir, calls = fake_bin
+    script = subprocess.Popen(["bash", str(SCRIPT)], env=_env(bin_dir, tmp_path, "2", SLEEP="60"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids_file = tmp_path / "pids.txt"
+    deadline = time.monotonic() + 30
+    while not (pids_file.exists() and len(pids_file.read_text().split()) == 2):
+        assert time.monotonic() < deadline, "the two stand-in sweeps did not start"
+        time.sleep(0.1)
+    script.send_signal(signal.SIGINT)
+    assert script.wait(timeout=30) == 130
+    for pid in map(int, pids_file.read_text().split()):
+        deadline = time.monotonic() + 10
+        while _alive(pid):
+            assert time.monotonic() < deadline, f"sweep {pid} still runs after the interrupt"
+            time.sleep(0.1)
+    assert "findings" not in calls.read_text()
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie has exited
+        return f.read().split(")")[-1].split()[0] != "Z"
 
 
 @pytest.mark.parametrize("workers", ["0", "two", "-1"])

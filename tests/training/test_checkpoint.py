@@ -9,7 +9,7 @@ import pytest
 
 from mk_keras.cli import train as mk_train
 from mk_keras.training import checkpoint
-from mk_keras.training.callbacks import RunMonitor
+from mk_keras.training.callbacks import RunMonitor, StepTimer
 from mk_keras.training.spec import RunSpec
 
 
@@ -163,3 +163,24 @@ def test_bad_checkpoint_every_s_flag_exits_2_with_one_line(value, message, tmp_p
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err and message in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.backend_agnostic
+def test_step_timer_takes_the_median_call_after_each_fits_first():
+    now = [0.0]
+    timer = StepTimer(steps_per_execution=2, clock=lambda: now[0])
+    assert timer.steady_step_s() is None  # no call yet
+
+    def fit(durations):
+        timer.on_train_begin()
+        for i, seconds in enumerate(durations):
+            timer.on_train_batch_begin(i)
+            now[0] += seconds
+            timer.on_train_batch_end(i)
+
+    fit([5.0])
+    assert timer.steady_step_s() == 2.5  # only a first call (which traced): that one, per step
+    fit([4.0, 1.0, 1.0, 3.0])  # a second fit (a resume) traces again: its first call is left out too
+    fit([6.0, 2.0])
+    assert timer.first == [5.0, 4.0, 6.0] and timer.steady == [1.0, 1.0, 3.0, 2.0]
+    assert timer.steady_step_s() == 0.75  # median 1.5 s per call of 2 steps

@@ -111,3 +111,27 @@ def test_a_spec_round_trips_and_its_hash_ignores_execution_settings():
         RunSpec.from_dict({**spec.to_dict(), "nope": 1})
     with pytest.raises(ValueError, match="kernel_map='resize'.*without a source"):
         RunSpec(kernel_map="resize")
+
+
+def test_a_changed_model_builder_changes_the_run_identity(monkeypatch, tmp_path):
+    import json
+
+    from mk_keras.models import model_revision, register_model, registry
+    from mk_keras.training import rundir
+
+    spec = RunSpec(model=MODEL, dataset="digits", seed=3)
+    assert model_revision(MODEL) == 1 and "model_revision" not in spec.identity()  # earlier runs keep their hash
+    before = spec.spec_hash()
+    monkeypatch.setitem(registry._MODELS[MODEL], "revision", 2)
+    assert spec.identity()["model_revision"] == 2 and spec.spec_hash() != before
+    # alexnet_small_cifar changed its initialisation: revision 2
+    assert RunSpec(model="alexnet_small_cifar", dataset="digits").identity()["model_revision"] == 2
+    # an unfinished run of the model's earlier revision is not resumed with the new builder
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "running", "spec": spec.to_dict()}))
+    with pytest.raises(ValueError, match=r"other settings \(model_revision: None -> 2\)"):
+        rundir.inspect(str(tmp_path), False, spec)
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "running", "spec": spec.to_dict(),
+                                                       "model_revision": 2}))
+    assert rundir.inspect(str(tmp_path), False, spec) is None  # same revision: resumable (no checkpoint yet)
+    with pytest.raises(ValueError, match=r"revision=0 for model 'x'; allowed: an integer >= 1"):
+        register_model("x", "resnet", revision=0)(lambda **kw: None)

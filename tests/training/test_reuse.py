@@ -54,13 +54,13 @@ def test_cache_hit_is_bit_identical_to_a_fresh_run(cache, source_path, tmp_path)
     assert (cache.hits, cache.misses) == (1, 1)
     assert hit[1].net is not fresh[1].net
     _same(hit, fresh)
-    # the timing record says which runs went through the cache, and adds up
+    # the timing record says which runs went through the cache; the steady steps fit inside `fit`, and every
+    # part before, in and after it took time
     assert (hit[0]["timing"]["model_cache"], fresh[0]["timing"]["model_cache"]) == ("hit", "off")
     for timing in (hit[0]["timing"], fresh[0]["timing"]):
         assert timing["steps"] == 4 and timing["steady_step_s"] > 0
-        assert timing["total_s"] == pytest.approx(timing["setup_s"] + timing["fit_s"] + timing["after_fit_s"],
-                                                  abs=0.01)
-        assert timing["fixed_s"] == pytest.approx(timing["total_s"] - 4 * timing["steady_step_s"], abs=0.01)
+        assert 4 * timing["steady_step_s"] <= timing["fit_s"] < timing["total_s"]
+        assert min(timing["setup_s"], timing["after_fit_s"], timing["fixed_s"]) > 0
     # the frozen kernels are still the source's, bit for bit
     source = keras.saving.load_model(source_path)
     assert len(hit[0]["frozen_layers"]) == 2
