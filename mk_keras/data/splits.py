@@ -87,10 +87,11 @@ class _NamedSplit:
     names: object
     datasets: str
     tfds: tuple
+    embedded: tuple = ()  # the embedded dataset names (mk_keras.data.list_datasets) that hold it
 
 
 _FASHION = dict(num_classes=10, names=FASHION_MNIST_CLASSES, datasets="fashion_mnist or tfds:fashion_mnist",
-                tfds=("fashion_mnist",))
+                tfds=("fashion_mnist",), embedded=("fashion_mnist",))
 _CIFAR100 = dict(num_classes=100, names=CIFAR100_FINE_NAMES, datasets="tfds:cifar100", tfds=("cifar100",))
 _IMAGENET = dict(num_classes=1000, names=_is_ilsvrc,
                  datasets="tfds:imagenet2012 (ILSVRC-2012)",
@@ -155,6 +156,25 @@ def _explicit(items, class_names, where):
             shown = ", ".join(map(repr, class_names[:12])) + (", ..." if len(class_names) > 12 else "")
             raise ValueError(f"unknown class {item!r} in {where}; class names are {shown}.")
     return sorted(out)
+
+
+def check_named_split(classes, dataset):
+    """Before any data is read: a named split (`classes`, or a one-item list of it) given for an embedded dataset
+    or a TFDS builder it is not a split of is a ValueError naming both. Folder and synthetic datasets are checked
+    by `resolve_classes` when loaded (their class names are in the data)."""
+    if isinstance(classes, (list, tuple)) and len(classes) == 1:
+        classes = classes[0]
+    if not isinstance(classes, str) or classes not in _NAMED_SPLITS:
+        return
+    split, dataset = _NAMED_SPLITS[classes], str(dataset)
+    if dataset.startswith("tfds:"):
+        fits = dataset[len("tfds:"):].split("/")[0] in split.tfds
+    elif ":" not in dataset:
+        fits = dataset in split.embedded
+    else:
+        return
+    if not fits:
+        raise ValueError(f"classes={classes!r} is a split of {split.datasets}, not of dataset {dataset!r}")
 
 
 def resolve_classes(classes, class_names, dataset=None, split=None):

@@ -60,6 +60,7 @@ import keras
 import numpy as np
 
 from mk_keras import sources
+from mk_keras.data.splits import check_named_split
 from mk_keras.experiments import locks, results
 from mk_keras.experiments.external import EXTERNAL, TRAIN_BASE_A, external_path, read_record, record_path
 from mk_keras.experiments.external import external_sources as _external_sources
@@ -336,6 +337,8 @@ def _check_config(config):
         repeated = [v for i, v in enumerate(values) if v in values[:i]]
         if repeated:
             raise ValueError(f"{field} lists {repeated[0]!r} more than once; give each value once")
+    for side in ("A", "B"):
+        check_named_split(*reversed(config.data(side)))  # e.g. a Fashion-MNIST split on another dataset
     per_run = sorted(set(config.train_args) & set(PER_RUN_ARGS))
     if per_run:
         raise ValueError(f"train_args sets {per_run[0]!r}, which the sweep sets per run; remove it")

@@ -134,6 +134,12 @@ def test_paired_kinds_share_bases():
     (dict(cross_source="resnet10_cifar", treatments=["baseA", "baseB", "cross"]), "is also a target model"),
     (dict(train_args={"n": 3}), "train_args sets 'n'"),
     (dict(seeds=[]), "seeds is empty"),
+    # B defaults to A's dataset: a Fashion-MNIST split on Animal-MNIST is caught before anything trains
+    (dict(dataset_a="animal_mnist", classes_a=None, classes_b=["fashion_garments"]),
+     "classes='fashion_garments' is a split of fashion_mnist or tfds:fashion_mnist, not of dataset 'animal_mnist'"),
+    (dict(dataset_a="tfds:cifar100", classes_a="fashion_accessories"),
+     "classes='fashion_accessories' is a split of fashion_mnist or tfds:fashion_mnist, not of dataset "
+     "'tfds:cifar100'"),
     (dict(seeds=[0, 1, 0]), "seeds lists 0 more than once; give each value once"),
     (dict(source_sizes=[100, 300, 100]), "source_sizes lists 100 more than once"),
     (dict(treatments=["baseA", "baseB", "AnB", "AnB"]), "treatments lists 'AnB' more than once"),
