@@ -163,7 +163,8 @@ def test_folder_with_split_dirs_and_corrupt_file(tmp_path):
     got = sorted((int(y), int(x[0, 0, 0]), x.shape) for x, y in loaded.dataset.as_numpy_iterator())
     assert got[0] == (0, 10, (6, 5, 3)) and got[-1] == (1, 102, (9, 7, 3))
     pipe = data.make_pipeline(loaded, batch_size=4, image_size=(8, 8))
-    assert [tuple(x.shape) for x, _ in pipe] == [(4, 8, 8, 3), (2, 8, 8, 3)]
+    # sorted: by default (deterministic=False) the parallel map may hand out the short last batch first
+    assert sorted(tuple(x.shape) for x, _ in pipe) == [(2, 8, 8, 3), (4, 8, 8, 3)]
     dogs = data.load(f"folder:{tmp_path}", split="train", classes="dog")
     assert dogs.info.num_examples == 3 and set(labels_of(dogs)) == {0}
     with pytest.raises(ValueError, match=r"split='test' is not available for folder:.*use one of \['train'\]"):
