@@ -74,8 +74,11 @@ def test_one_worker_runs_in_the_foreground_with_every_thread(fake_bin, tmp_path)
 
 def test_interrupt_stops_every_worker_and_its_sweep(fake_bin, tmp_path):
     bin_dir, calls = fake_bin
+    # SIGINT at its default disposition, as under a terminal: a test runner's worker (pytest-xdist) may ignore
+    # it, and bash cannot trap a signal that was ignored when it started
     script = subprocess.Popen(["bash", str(SCRIPT)], env=_env(bin_dir, tmp_path, "2", SLEEP="60"),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     pids_file = tmp_path / "pids.txt"
     deadline = time.monotonic() + 30
     while not (pids_file.exists() and len(pids_file.read_text().split()) == 2):
