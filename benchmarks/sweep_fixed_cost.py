@@ -47,13 +47,13 @@ def _summary(timings):
 
 def fixed_cost(paths):
     runs = collect(paths)
-    timed = [m["timing"] for m in runs.values()
-             if m.get("timing") and m["timing"].get("fixed_s") is not None and not m.get("resumed_at_steps")]
+    kept = [m for m in runs.values()
+            if m.get("timing") and m["timing"].get("fixed_s") is not None and not m.get("resumed_at_steps")]
+    timed = [m["timing"] for m in kept]
     by_cache = {state: _summary([t for t in timed if t["model_cache"] == state]) for state in ("hit", "miss", "off")}
     by_model = {}
-    for m in runs.values():
-        if m.get("timing") and m["timing"].get("fixed_s") is not None and not m.get("resumed_at_steps"):
-            by_model.setdefault(m["model"], []).append(m["timing"])
+    for m in kept:
+        by_model.setdefault(m["model"], []).append(m["timing"])
     return {"paths": list(paths), "finished_runs": len(runs), "left_out_runs": len(runs) - len(timed),
             "all": _summary(timed), "by_model_cache": by_cache,
             "by_model": {k: _summary(v) for k, v in sorted(by_model.items())}}

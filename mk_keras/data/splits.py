@@ -124,14 +124,18 @@ def _shown(names):
     return ", ".join(map(repr, list(names)[:3])) + (", ..." if len(names) > 3 else "")
 
 
+def _tfds_builder(dataset):
+    """The builder name of a "tfds:NAME[/CONFIG]" spec; None for other specs."""
+    return dataset[len("tfds:"):].split("/")[0] if str(dataset).startswith("tfds:") else None
+
+
 def _named(name, class_names, dataset, where):
     split = _NAMED_SPLITS[name]
     wrong = f"classes={name!r} is a split of {split.datasets} ({split.num_classes} classes"
     if len(class_names) != split.num_classes:
         raise ValueError(f"{wrong}); {where} has {len(class_names)} classes.")
     if all(n == str(i) for i, n in enumerate(class_names)):
-        tfds_name = dataset[len("tfds:"):].split("/")[0] if str(dataset).startswith("tfds:") else None
-        if tfds_name not in split.tfds:
+        if _tfds_builder(dataset) not in split.tfds:
             raise ValueError(f"{wrong}); {where} has classes {_shown(class_names)}.")
         return list(split.indices)
     matches = split.names(class_names) if callable(split.names) else list(class_names) == split.names
@@ -168,7 +172,7 @@ def check_named_split(classes, dataset):
         return
     split, dataset = _NAMED_SPLITS[classes], str(dataset)
     if dataset.startswith("tfds:"):
-        fits = dataset[len("tfds:"):].split("/")[0] in split.tfds
+        fits = _tfds_builder(dataset) in split.tfds
     elif ":" not in dataset:
         fits = dataset in split.embedded
     else:

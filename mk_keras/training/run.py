@@ -224,8 +224,9 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
     per-epoch "epochs", "params" (total/trainable/non_trainable/frozen), "frozen_layers", "transfer",
     "initial_weights" (sha256 per layer before any transfer), "init_hook", "recipe", "dataset", "eval_dataset",
     "spec" (the resolved spec), "spec_hash", "model_revision" (`mk_keras.models.model_revision`), "wall_time_s"
-    (fit, final evaluation and saving, summed over resumptions) and "timing" (this call: `_timing`). Raises `TrainingFailed` on a NaN loss (status "failed"),
-    `ValueError`/`FileNotFoundError`/`FileExistsError` on bad arguments before anything is written.
+    (fit, final evaluation and saving, summed over resumptions) and "timing" (this call: `_timing`). Raises
+    `TrainingFailed` on a NaN loss (status "failed"), `ValueError`/`FileNotFoundError`/`FileExistsError` on bad
+    arguments before anything is written.
     """
     started = time.perf_counter()
     if spec is not None and fields:

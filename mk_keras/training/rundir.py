@@ -14,7 +14,7 @@ import os
 import shutil
 
 from mk_keras.training import checkpoint
-from mk_keras.training.spec import EXECUTION_FIELDS, json_default
+from mk_keras.training.spec import identity_of, json_default
 
 CHECKPOINT_DIR = "checkpoint"
 ARTIFACTS = ("metrics.json", "spec.json", "flags.txt", "transfer_report.json", "model.keras", "tensorboard",
@@ -65,9 +65,8 @@ def inspect(run_dir, overwrite, spec):
     if prev.get("status") == "finished":
         raise FileExistsError(f"run directory {run_dir!r} holds a finished run; pass overwrite (--overwrite) to "
                               "replace it, or choose another run directory")
-    old = {k: v for k, v in (prev.get("spec") or {}).items() if k not in (*EXECUTION_FIELDS, "seed")}
-    if prev.get("model_revision", 1) != 1:  # as in RunSpec.identity; runs from before revisions existed: 1
-        old["model_revision"] = prev["model_revision"]
+    # runs from before model revisions were recorded: revision 1
+    old = identity_of(prev.get("spec") or {}, prev.get("model_revision", 1))
     new = spec.identity()
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:

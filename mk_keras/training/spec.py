@@ -159,16 +159,10 @@ class RunSpec:
         return cls(**fields)
 
     def identity(self):
-        """The fields that change what the run computes: the spec without `EXECUTION_FIELDS` and without `seed`
-        (only the default of the two seeds, which are resolved), plus "model_revision" where the model's builder
-        changed after it was first registered (left out at revision 1, so earlier runs keep their identity)."""
+        """The fields that change what the run computes (`identity_of` this spec with its model's revision)."""
         from mk_keras.models import model_revision
 
-        identity = {k: v for k, v in self.to_dict().items() if k not in (*EXECUTION_FIELDS, "seed")}
-        revision = model_revision(self.model)
-        if revision != 1:
-            identity["model_revision"] = revision
-        return identity
+        return identity_of(self.to_dict(), model_revision(self.model))
 
     def spec_hash(self):
         """sha256 of the canonical JSON of `identity()`: the run's identity."""
@@ -183,6 +177,17 @@ class RunSpec:
     def copies_filters(self):
         """Whether the filters come from a source model (not master keys, identity filters or none)."""
         return self.source not in (None, MASTER_KEYS, DELTA)
+
+
+def identity_of(spec_dict, model_revision=1):
+    """The identity of a run from its spec dict (`RunSpec.to_dict()`, also as stored in a run directory): the
+    fields without `EXECUTION_FIELDS` and without `seed` (only the default of the two seeds, which are resolved),
+    plus "model_revision" where the model's builder changed after it was first registered (left out at revision 1,
+    so earlier runs keep their identity)."""
+    identity = {k: v for k, v in spec_dict.items() if k not in (*EXECUTION_FIELDS, "seed")}
+    if model_revision != 1:
+        identity["model_revision"] = model_revision
+    return identity
 
 
 def json_default(value):
