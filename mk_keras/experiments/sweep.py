@@ -67,7 +67,7 @@ from mk_keras.experiments.external import external_sources as _external_sources
 from mk_keras.experiments.treatments import BASES, TREATMENTS
 from mk_keras.filters import FILTER_KINDS
 from mk_keras.models import create_model, model_family
-from mk_keras.training import MASTER_KEYS, RunSpec, TrainingFailed, train
+from mk_keras.training import MASTER_KEYS, RunSpec, TrainingFailed, reuse, train
 from mk_keras.training.distribute import make_distribution, multi_worker_requested
 from mk_keras.training.spec import DELTA
 
@@ -897,7 +897,8 @@ def run_sweep(config, output_dir, *, shard_index=0, num_shards=1, train_fn=None,
     if group is not None and not group.is_chief:
         runner.follow()
     else:
-        runner.work(claim_order(the_plan.runs, shard_index, num_shards))
+        with reuse.frozen_heap():  # each run's garbage collection skips the long-lived objects
+            runner.work(claim_order(the_plan.runs, shard_index, num_shards))
         if group is not None:
             group.broadcast(-1)  # the other workers stop following
     rows = results.merge(output_dir, poll_s=poll_s, lock_stale_s=lock_stale_s)

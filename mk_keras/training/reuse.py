@@ -15,12 +15,18 @@ compiled or traced again; `clear_session(keep_traced=True)` starts each run with
 kernel cache, so the kept functions are not graph-optimised again either. A run through the cache is
 bit-identical to the same run trained fresh (tests/training/test_reuse.py).
 
-`supported` says where the cache is used: the TensorFlow backend without a distribution strategy, without
+Transfer sources are kept too (`SourceCache`): the models loaded from a file are kept under the file's path and
+sha256, so the runs that copy from one source (every treatment and depth of a seed) load it once; a source
+model is only read (its filters copied), never changed.
+
+`supported` says where the caches are used: the TensorFlow backend without a distribution strategy, without
 `mixed_float16` (its loss-scale state is not reset here) and without an `init_hook` (arbitrary code may change
 what a step traces, e.g. a Python attribute a layer's `call` reads, which the key cannot see).
 """
 
 import collections
+import contextlib
+import gc
 import hashlib
 import json
 
@@ -34,10 +40,39 @@ def supported(distribution_name, precision, init_hook):
             and precision != "mixed_float16" and init_hook is None)
 
 
+_freezing = False  # inside `frozen_heap`
+_froze = False  # a `clear_session` inside it froze the heap
+
+
+@contextlib.contextmanager
+def frozen_heap():
+    """Within it, `clear_session(keep_traced=True)` collects garbage only among the objects created since the
+    previous one (`gc.freeze` after each collection): a full collection over a sweep process's long-lived heap
+    (cached models and their traced graphs) took ~0.5 s per run. Dropping a model or source from a cache
+    inside it unfreezes everything, so its memory is collected next. Leaving the block (`run_sweep` runs in one)
+    unfreezes what it froze, and freezes the heap again after a collection when it was frozen on entry (as the
+    test suite's is)."""
+    global _freezing, _froze
+    outer, _freezing = _freezing, True
+    frozen_before = gc.get_freeze_count() > 0
+    try:
+        yield
+    finally:
+        _freezing = outer
+        if not outer and _froze:
+            _froze = False
+            gc.unfreeze()
+            if frozen_before:
+                gc.collect()
+                gc.freeze()
+
+
 def clear_session(keep_traced):
     """`keras.backend.clear_session()`; with `keep_traced` on TensorFlow, without clearing TensorFlow's kernel
     cache: clearing it makes the cached models' traced functions be instantiated (graph-optimised) again on
-    their next call, a large part of the cost the cache saves (docs/performance.md)."""
+    their next call, a large part of the cost the cache saves (docs/performance.md); inside `frozen_heap`, the
+    survivors of its garbage collection are frozen."""
+    global _froze
     if not keep_traced or keras.backend.backend() != "tensorflow":
         return keras.backend.clear_session()
     from tensorflow.python.eager import context
@@ -45,9 +80,19 @@ def clear_session(keep_traced):
     ctx = context.context()
     ctx.clear_kernel_cache = lambda: None  # instance attribute: shadows the method for this one call
     try:
-        keras.backend.clear_session()
+        keras.backend.clear_session(free_memory=False)
     finally:
         del ctx.clear_kernel_cache
+    gc.collect()
+    if _freezing:
+        gc.freeze()
+        _froze = True
+
+
+def _drop_oldest(entries):
+    entries.popitem(last=False)
+    if _freezing:
+        gc.unfreeze()  # the dropped model may be frozen (`frozen_heap`): let the next collection reach it
 
 
 def trace_key(model, optimizer, compile_args, precision):
@@ -103,7 +148,7 @@ class ModelCache:
                               nbytes)
         self._entries.move_to_end(key)
         while len(self._entries) > 1 and (len(self._entries) > self.max_entries or self.nbytes() > self.max_bytes):
-            self._entries.popitem(last=False)
+            _drop_oldest(self._entries)
 
     def nbytes(self):
         """Bytes the kept models hold (see the class docstring)."""
@@ -129,5 +174,45 @@ class ModelCache:
         return model
 
 
+class SourceCache:
+    """Loaded transfer sources by (spec, sha256 of the file it loads, global dtype policy it was loaded under):
+    `(model, info dict)`; least recently used dropped first beyond `max_entries` or `max_bytes` of variables (the
+    newest is always kept). A source of unknown file hash (None) is never kept."""
+
+    def __init__(self, max_entries=16, max_bytes=2**30):
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries = collections.OrderedDict()
+        self.hits = self.misses = 0
+
+    def __len__(self):
+        return len(self._entries)
+
+    def clear(self):
+        self._entries.clear()
+
+    def load(self, spec, sha256, loader):
+        """`loader()`'s `(model, info)` for `spec`, from the cache when the file with `sha256` was loaded before;
+        the info dict is a copy."""
+        key = (str(spec), sha256, keras.config.dtype_policy().name)
+        if sha256 is not None and key in self._entries:
+            self.hits += 1
+            self._entries.move_to_end(key)
+        else:
+            self.misses += 1
+            model, info = loader()
+            if sha256 is None:
+                return model, info
+            self._entries[key] = (model, info, _nbytes(model.variables))
+            while len(self._entries) > 1 and (len(self._entries) > self.max_entries or
+                                              sum(e[2] for e in self._entries.values()) > self.max_bytes):
+                _drop_oldest(self._entries)
+        model, info, _ = self._entries[key]
+        return model, json.loads(json.dumps(info))
+
+
 CACHE = ModelCache()
 """The process-wide cache `train(..., reuse=True)` uses."""
+
+SOURCES = SourceCache()
+"""The process-wide source cache `train(..., reuse=True)` uses."""

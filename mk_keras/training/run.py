@@ -155,17 +155,23 @@ def _source_file(value, what):
     return path
 
 
-def _load(value, model):
+def _load(value, model, sha256=None, cache=None):
     """`(keras.Model, info dict)` of a source spec, or of the in-memory `model` given for it. Pretrained specs
     (checkpoints, `keras:<Name>:imagenet|PATH`) give the converted mk_keras model, whose layers and input
-    conventions are the ones the conversion proved exact."""
+    conventions are the ones the conversion proved exact. With a `reuse.SourceCache`, a file of hash `sha256`
+    already loaded in this process is not loaded again."""
     from mk_keras.sources import PRETRAINED_KINDS, TRAINED_KINDS, load_converted, load_source, spec_kind
 
-    if model is None and spec_kind(value) in PRETRAINED_KINDS:
-        loaded = load_converted(value)
-    else:
-        loaded = load_source(model if model is not None else value, kinds=TRAINED_KINDS)
-    return loaded.model, loaded.to_dict()
+    def load():
+        if model is None and spec_kind(value) in PRETRAINED_KINDS:
+            loaded = load_converted(value)
+        else:
+            loaded = load_source(model if model is not None else value, kinds=TRAINED_KINDS)
+        return loaded.model, loaded.to_dict()
+
+    if model is not None or cache is None:
+        return load()
+    return cache.load(value, sha256, load)
 
 
 def _weights_sha256(weights):
@@ -306,7 +312,8 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
             net = create_model(spec.model, num_classes, input_shape=shape, **overrides)
             initial_weights = initial_weight_hashes(net)
             height, width, channels = net.input_shape[1:]
-            net, report, source_info = _transfer(net, spec, sources)
+            caching = reuse and reuse_cache.supported(dist.name, precision, init_hook)
+            net, report, source_info = _transfer(net, spec, sources, reuse_cache.SOURCES if caching else None)
             # Loading a source draws from the seeded stream: seed again so every run of this spec's seed
             # continues from the same random state whatever its treatment.
             keras.utils.set_random_seed(spec.init_seed)
@@ -315,7 +322,7 @@ def train(spec=None, *, run_dir=None, init_hook=None, callbacks=None, overwrite=
             optimizer = recipe.make_optimizer(net, schedule, spec.weight_decay, spec.ema, spec.ema_momentum)
             compile_args = {"num_classes": num_classes, "label_smoothing": spec.label_smoothing,
                             "jit_compile": recipe.resolve_jit_compile(spec.jit_compile), "steps_per_execution": spe}
-            cache = reuse_cache.CACHE if reuse and reuse_cache.supported(dist.name, precision, init_hook) else None
+            cache = reuse_cache.CACHE if caching else None
             key = cached = None
             model_cache = "off" if cache is None else "miss"
             if cache is not None:
@@ -452,11 +459,13 @@ def _timing(started, fit_started, fit_s, steps, steady_step_s, model_cache):
             "fixed_s": None if fixed is None else round(fixed, 3), "model_cache": model_cache}
 
 
-def _transfer(net, spec, models):
+def _transfer(net, spec, models, cache=None):
     """Load the source (after the target was built) and copy/freeze, or assign master keys; returns
-    (model, report or None, source info dict or None). `models`: in-memory source/reference models."""
+    (model, report or None, source info dict or None). `models`: in-memory source/reference models; `cache`: a
+    `reuse.SourceCache` or None."""
     if spec.uses_master_keys:
-        ref_model, ref_info = (_load(spec.master_key_reference, models["reference"])
+        ref_model, ref_info = (_load(spec.master_key_reference, models["reference"],
+                                     spec.master_key_reference_sha256, cache)
                                if spec.master_key_reference is not None else (None, None))
         net, report = assign_master_keys(net, spec.n, reference=ref_model, order=spec.order, shift="kernel",
                                          method=spec.master_key_method)
@@ -467,7 +476,7 @@ def _transfer(net, spec, models):
         report = freeze_filters(net, spec.n, spec.kind, spec.order, spec.freeze_following_norm, kernel_transform="delta")
         return net, report, {"type": DELTA}
     if spec.source is not None:
-        source, info = _load(spec.source, models["source"])
+        source, info = _load(spec.source, models["source"], spec.source_sha256, cache)
         info = {**info, "sha256": spec.source_sha256 or info.get("sha256")}  # keras:<Name>:imagenet: downloaded file
         report = transfer_filters(source, net, spec.n, spec.kind, spec.order, spec.freeze, True, spec.kernel_map,
                                   spec.channel_map, spec.freeze_following_norm, spec.kernel_transform,

@@ -184,3 +184,25 @@ def test_step_timer_takes_the_median_call_after_each_fits_first():
     fit([6.0, 2.0])
     assert timer.first == [5.0, 4.0, 6.0] and timer.steady == [1.0, 1.0, 3.0, 2.0]
     assert timer.steady_step_s() == 0.75  # median 1.5 s per call of 2 steps
+
+
+@pytest.mark.backend_agnostic
+def test_writers_of_one_model_share_its_compiled_read_until_its_variables_change(model, tmp_path, monkeypatch):
+    made = []
+    real = checkpoint.reader
+    monkeypatch.setattr(checkpoint, "reader", lambda vs: made.append(len(vs)) or real(vs))
+    for run in range(2):  # two runs on one model (a sweep's reused model): one read is made
+        writer = checkpoint.BackgroundWriter(str(tmp_path / f"run{run}"))
+        writer.save(model, {"step": run})
+        writer.close()
+    before = len(checkpoint.variables(model))
+    assert made == [before]
+    model.compile(optimizer="sgd", loss="mse")  # another optimizer and metrics: another set of variables
+    writer = checkpoint.BackgroundWriter(str(tmp_path / "recompiled"))
+    writer.save(model, {"step": 2})
+    writer.close()
+    assert made == [before, len(checkpoint.variables(model))] and made[1] != before
+    with np.load(tmp_path / "recompiled" / checkpoint.STATE_FILE) as z:
+        saved = [z[f"model/{i}"] for i in range(len(model.variables))]
+    for value, variable in zip(saved, model.variables, strict=True):
+        np.testing.assert_array_equal(value, checkpoint.to_numpy(variable))

@@ -1,5 +1,7 @@
 """Runs trained through the model cache (`train(reuse=True)`) are bit-identical to the same runs trained fresh."""
 
+import collections
+
 import keras
 import numpy as np
 import pytest
@@ -41,17 +43,19 @@ def _same(a, b):
 def cache(monkeypatch):
     fresh = reuse.ModelCache()
     monkeypatch.setattr(reuse, "CACHE", fresh)
+    monkeypatch.setattr(reuse, "SOURCES", reuse.SourceCache())
     return fresh
 
 
 def test_cache_hit_is_bit_identical_to_a_fresh_run(cache, source_path, tmp_path):
-    _train(True, n=2, seed=0)  # random_frozen n=2: a miss that fills the cache (and trains its model)
+    _train(True, source=source_path, n=2, seed=0)  # AnB n=2: a miss that fills the caches (and trains its model)
     assert (cache.hits, cache.misses, len(cache)) == (0, 1, 1)
-    # AnB n=2 at another seed: the same frozen layers, so the same traced functions
+    assert (reuse.SOURCES.hits, reuse.SOURCES.misses) == (0, 1)
+    # AnB n=2 at another seed: the same frozen layers, so the same traced functions, and the same source
     hit = _train(True, source=source_path, n=2, seed=1, run_dir=tmp_path / "hit")
-    assert (cache.hits, cache.misses) == (1, 1)
-    fresh = _train(False, source=source_path, n=2, seed=1)
-    assert (cache.hits, cache.misses) == (1, 1)
+    assert (cache.hits, cache.misses) == (1, 1) and (reuse.SOURCES.hits, reuse.SOURCES.misses) == (1, 1)
+    fresh = _train(False, source=source_path, n=2, seed=1)  # loads its source from the file
+    assert (cache.hits, cache.misses) == (1, 1) and (reuse.SOURCES.hits, reuse.SOURCES.misses) == (1, 1)
     assert hit[1].net is not fresh[1].net
     _same(hit, fresh)
     # the timing record says which runs went through the cache; the steady steps fit inside `fit`, and every
@@ -116,3 +120,56 @@ def test_a_sweep_sequence_through_the_cache_matches_fresh_runs(cache, source_pat
         pattern.append(cache.hits > hits)
         _same(through_cache, _train(False, **kwargs))
     assert pattern == [False, False, True, True, False, True]
+
+
+def test_the_source_cache_loads_a_file_once_per_content():
+    loads = []
+
+    def loader(name):
+        def load():
+            loads.append(name)
+            return keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)]), {"label": name}
+        return load
+
+    sources = reuse.SourceCache(max_entries=2)
+    first, info = sources.load("a.keras", "h1", loader("a"))
+    again, info_again = sources.load("a.keras", "h1", loader("a"))
+    assert again is first and loads == ["a"] and info_again == info == {"label": "a"}
+    info_again["label"] = "changed"  # each caller gets its own info dict
+    assert sources.load("a.keras", "h1", loader("a"))[1] == {"label": "a"}
+    assert sources.load("a.keras", "h2", loader("a2"))[0] is not first  # the file changed: loaded again
+    sources.load("b.keras", None, loader("b"))  # unknown content: loaded, never kept
+    sources.load("b.keras", None, loader("b"))
+    assert loads == ["a", "a2", "b", "b"] and len(sources) == 2
+    sources.load("c.keras", "h3", loader("c"))  # beyond 2 entries: the least recently used ("a", h1) goes
+    sources.load("a.keras", "h1", loader("a"))
+    assert loads[-2:] == ["c", "a"] and (sources.hits, sources.misses) == (2, 6)
+
+
+def test_inside_a_frozen_heap_each_run_collects_its_garbage_and_freezes_the_survivors():
+    import gc
+    import weakref
+
+    class Cycle:
+        def __init__(self):
+            self.me = self
+
+    frozen_before = gc.get_freeze_count() > 0  # the test suite freezes its imports (conftest.py)
+    with reuse.frozen_heap():
+        garbage, kept = Cycle(), Cycle()
+        dead = weakref.ref(garbage)
+        del garbage
+        reuse.clear_session(keep_traced=True)  # a run's start: the last run's cyclic garbage is collected
+        assert dead() is None and gc.get_freeze_count() > 0 and gc.is_tracked(kept)
+        later = weakref.ref(kept)
+        del kept  # frozen, then garbage: kept until something is dropped from a cache
+        reuse.clear_session(keep_traced=True)
+        assert later() is not None
+        reuse._drop_oldest(collections.OrderedDict(a=1))  # a cache drops a model: everything is unfrozen
+        assert gc.get_freeze_count() == 0
+        reuse.clear_session(keep_traced=True)
+        assert later() is None
+    assert (gc.get_freeze_count() > 0) == frozen_before  # leaving the block restores the frozen state
+    gc.freeze()
+    reuse._drop_oldest(collections.OrderedDict(a=1))  # outside the block, a cache leaves frozen objects alone
+    assert gc.get_freeze_count() > 0
