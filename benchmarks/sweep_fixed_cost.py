@@ -45,17 +45,26 @@ def _summary(timings):
                                       if timings else None)}
 
 
+def _kept(metrics):
+    return [m for m in metrics
+            if m.get("timing") and m["timing"].get("fixed_s") is not None and not m.get("resumed_at_steps")]
+
+
+def timed(metrics):
+    """The timing records of the runs the share counts: timed, not resumed."""
+    return [m["timing"] for m in _kept(metrics)]
+
+
 def fixed_cost(paths):
     runs = collect(paths)
-    kept = [m for m in runs.values()
-            if m.get("timing") and m["timing"].get("fixed_s") is not None and not m.get("resumed_at_steps")]
-    timed = [m["timing"] for m in kept]
-    by_cache = {state: _summary([t for t in timed if t["model_cache"] == state]) for state in ("hit", "miss", "off")}
+    kept = _kept(runs.values())
+    timings = [m["timing"] for m in kept]
+    by_cache = {state: _summary([t for t in timings if t["model_cache"] == state]) for state in ("hit", "miss", "off")}
     by_model = {}
     for m in kept:
         by_model.setdefault(m["model"], []).append(m["timing"])
-    return {"paths": list(paths), "finished_runs": len(runs), "left_out_runs": len(runs) - len(timed),
-            "all": _summary(timed), "by_model_cache": by_cache,
+    return {"paths": list(paths), "finished_runs": len(runs), "left_out_runs": len(runs) - len(timings),
+            "all": _summary(timings), "by_model_cache": by_cache,
             "by_model": {k: _summary(v) for k, v in sorted(by_model.items())}}
 
 

@@ -22,7 +22,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sweep_fixed_cost import collect, fixed_cost  # noqa: E402
+from sweep_fixed_cost import collect, fixed_cost, timed  # noqa: E402
 
 
 def run_once(tree, flags, workdir):
@@ -35,9 +35,11 @@ def run_once(tree, flags, workdir):
             f"assert mk_keras.__file__.startswith({root + os.sep!r}), mk_keras.__file__; "
             "runpy.run_module('mk_keras.cli.sweep', run_name='__main__', alter_sys=True)")
     cmd = [sys.executable, "-c", boot, *flags, f"--output_dir={out}", f"--store={store}"]
+    # KERAS_BACKEND set, so `mk-sweep` never re-executes itself (`python -m`, which would import another mk_keras)
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
     start = time.perf_counter()
     with open(os.path.join(workdir, "log.txt"), "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
@@ -45,7 +47,7 @@ def run_once(tree, flags, workdir):
             tail = log.read()[-2000:]
         raise SystemExit(f"sweep_fixed_cost_ab.py: the sweep with tree {tree!r} failed:\n{tail}")
     share = fixed_cost([store])
-    hits = [m["timing"] for m in collect([store]).values() if m.get("timing", {}).get("model_cache") == "hit"]
+    hits = [t for t in timed(collect([store]).values()) if t["model_cache"] == "hit"]
     parts = {"setup_s": lambda t: t["setup_s"], "in_fit_s": lambda t: t["fit_s"] - t["steps"] * t["steady_step_s"],
              "after_fit_s": lambda t: t["after_fit_s"]}
     return {"tree": tree, "wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
@@ -58,7 +60,8 @@ def run_once(tree, flags, workdir):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trees", required=True, help="two source trees, comma-separated: A,B")
-    p.add_argument("--rounds", type=int, default=2, help="rounds of A B (then B A, ...)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="rounds of A B (then B A, ...); an even number gives each tree each position equally often")
     p.add_argument("flags", nargs="+", help="mk-sweep flags (after --); --output_dir and --store are set here")
     args = p.parse_args(argv)
     trees = args.trees.split(",")
@@ -67,6 +70,10 @@ def main(argv=None):
                          "each hold mk_keras/")
     if args.rounds < 1:
         raise SystemExit(f"sweep_fixed_cost_ab.py: --rounds={args.rounds}; allowed: a positive integer")
+    backend = [f for f in args.flags if f.startswith("--backend")]
+    if backend:
+        raise SystemExit(f"sweep_fixed_cost_ab.py: {backend[0]}; allowed: no --backend flag (the sweeps run on "
+                         "TensorFlow, the backend the reuse caches serve)")
     records = []
     for r in range(args.rounds):
         for tree in (trees if r % 2 == 0 else trees[::-1]):

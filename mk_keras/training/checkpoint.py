@@ -81,16 +81,15 @@ def write_arrays(directory, arrays):
 
 
 _READERS = weakref.WeakKeyDictionary()
-"""model -> (ids of the variables read, compiled read) for `BackgroundWriter`: tracing and graph-optimising the
+"""model -> (the variables read, compiled read) for `BackgroundWriter`: tracing and graph-optimising the
 read costs ~0.65 s for ConvNeXt-micro's 201 variables on this 2-core CPU against ~2 ms per later call, so a model
 kept across the runs of a sweep (`mk_keras.training.reuse`) reads with the function traced by its first run."""
 
 
 def _cached_reader(model, current):
-    ids = [id(v) for v in current]
     cached = _READERS.get(model)
-    if cached is None or cached[0] != ids:  # the reader holds the variables, so their ids are not reused
-        cached = _READERS[model] = (ids, reader(current))
+    if cached is None or len(cached[0]) != len(current) or any(a is not b for a, b in zip(cached[0], current)):
+        cached = _READERS[model] = (current, reader(current))
     return cached[1]
 
 

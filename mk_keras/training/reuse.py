@@ -41,7 +41,7 @@ def supported(distribution_name, precision, init_hook):
 
 
 _freezing = False  # inside `frozen_heap`
-_froze = False  # a `clear_session` inside it froze the heap
+_changed = False  # the freeze state was changed inside it
 
 
 @contextlib.contextmanager
@@ -52,15 +52,15 @@ def frozen_heap():
     inside it unfreezes everything, so its memory is collected next. Leaving the block (`run_sweep` runs in one)
     unfreezes what it froze, and freezes the heap again after a collection when it was frozen on entry (as the
     test suite's is)."""
-    global _freezing, _froze
+    global _freezing, _changed
     outer, _freezing = _freezing, True
     frozen_before = gc.get_freeze_count() > 0
     try:
         yield
     finally:
         _freezing = outer
-        if not outer and _froze:
-            _froze = False
+        if not outer and _changed:
+            _changed = False
             gc.unfreeze()
             if frozen_before:
                 gc.collect()
@@ -72,7 +72,7 @@ def clear_session(keep_traced):
     cache: clearing it makes the cached models' traced functions be instantiated (graph-optimised) again on
     their next call, a large part of the cost the cache saves (docs/performance.md); inside `frozen_heap`, the
     survivors of its garbage collection are frozen."""
-    global _froze
+    global _changed
     if not keep_traced or keras.backend.backend() != "tensorflow":
         return keras.backend.clear_session()
     from tensorflow.python.eager import context
@@ -86,13 +86,21 @@ def clear_session(keep_traced):
     gc.collect()
     if _freezing:
         gc.freeze()
-        _froze = True
+        _changed = True
+
+
+def _unfreeze():
+    """Inside `frozen_heap`, unfreeze: a model or source dropped from a cache may be frozen; let the next
+    collection reach it."""
+    global _changed
+    if _freezing:
+        gc.unfreeze()
+        _changed = True
 
 
 def _drop_oldest(entries):
     entries.popitem(last=False)
-    if _freezing:
-        gc.unfreeze()  # the dropped model may be frozen (`frozen_heap`): let the next collection reach it
+    _unfreeze()
 
 
 def trace_key(model, optimizer, compile_args, precision):
@@ -139,6 +147,7 @@ class ModelCache:
 
     def clear(self):
         self._entries.clear()
+        _unfreeze()
 
     def put(self, key, model):
         """Keep `model`, compiled and with its training state built, untrained: the values of its optimizer
@@ -190,6 +199,7 @@ class SourceCache:
 
     def clear(self):
         self._entries.clear()
+        _unfreeze()
 
     def load(self, spec, sha256, loader):
         """`loader()`'s `(model, info)` for `spec`, from the cache when the file with `sha256` was loaded before;

@@ -24,6 +24,7 @@ FAKE_SWEEP = textwrap.dedent('''
               "steady_step_s": 0.1, "fixed_s": FIXED, "model_cache": "hit"}}
     with open(os.path.join(run, "metrics.json"), "w") as f:
         json.dump({{"status": "finished", "model": "m", "timing": timing, "resumed_at_steps": []}}, f)
+    assert os.environ["KERAS_BACKEND"] == "tensorflow"  # set, so mk-sweep never re-executes itself
     with open(os.environ["ORDER_FILE"], "a") as f:
         f.write(f"{{FIXED}}\\n")
 ''')
@@ -40,6 +41,7 @@ def _tree(path, fixed):
 def test_trees_alternate_and_each_sweep_reports_its_share(tmp_path, capsys, monkeypatch):
     a, b = _tree(tmp_path / "a", 10.0), _tree(tmp_path / "b", 5.0)
     monkeypatch.setenv("ORDER_FILE", str(tmp_path / "order"))
+    monkeypatch.setenv("KERAS_BACKEND", "jax")  # the driver sets tensorflow for its sweeps
     sweep_fixed_cost_ab.main([f"--trees={a},{b}", "--rounds=2", "--", "--flagfile=x.flags"])
     out = json.loads(capsys.readouterr().out)
     assert (tmp_path / "order").read_text().split() == ["10.0", "5.0", "5.0", "10.0"]  # A B B A
@@ -52,6 +54,7 @@ def test_trees_alternate_and_each_sweep_reports_its_share(tmp_path, capsys, monk
 @pytest.mark.parametrize("args, message", [
     (["--trees=onlyone", "--", "--x"], "--trees='onlyone'; allowed: two source trees"),
     (["--trees={a},{a}", "--rounds=0", "--", "--x"], "--rounds=0; allowed: a positive integer"),
+    (["--trees={a},{a}", "--", "--backend=jax"], "--backend=jax; allowed: no --backend flag"),
 ])
 def test_bad_arguments_are_refused_in_one_line(tmp_path, args, message):
     a = _tree(tmp_path / "a", 1.0)

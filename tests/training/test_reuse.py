@@ -154,22 +154,31 @@ def test_inside_a_frozen_heap_each_run_collects_its_garbage_and_freezes_the_surv
         def __init__(self):
             self.me = self
 
-    frozen_before = gc.get_freeze_count() > 0  # the test suite freezes its imports (conftest.py)
-    with reuse.frozen_heap():
-        garbage, kept = Cycle(), Cycle()
-        dead = weakref.ref(garbage)
-        del garbage
-        reuse.clear_session(keep_traced=True)  # a run's start: the last run's cyclic garbage is collected
-        assert dead() is None and gc.get_freeze_count() > 0 and gc.is_tracked(kept)
-        later = weakref.ref(kept)
-        del kept  # frozen, then garbage: kept until something is dropped from a cache
-        reuse.clear_session(keep_traced=True)
-        assert later() is not None
-        reuse._drop_oldest(collections.OrderedDict(a=1))  # a cache drops a model: everything is unfrozen
-        assert gc.get_freeze_count() == 0
-        reuse.clear_session(keep_traced=True)
-        assert later() is None
-    assert (gc.get_freeze_count() > 0) == frozen_before  # leaving the block restores the frozen state
-    gc.freeze()
-    reuse._drop_oldest(collections.OrderedDict(a=1))  # outside the block, a cache leaves frozen objects alone
-    assert gc.get_freeze_count() > 0
+    gc.unfreeze()  # start unfrozen (conftest.py freezes the test process's imports)
+    try:
+        with reuse.frozen_heap():
+            garbage, kept = Cycle(), Cycle()
+            dead = weakref.ref(garbage)
+            del garbage
+            reuse.clear_session(keep_traced=True)  # a run's start: the last run's cyclic garbage is collected
+            assert dead() is None and gc.get_freeze_count() > 0
+            later = weakref.ref(kept)
+            del kept  # frozen, then garbage: kept until something is dropped from a cache
+            reuse.clear_session(keep_traced=True)
+            assert later() is not None
+            reuse._drop_oldest(collections.OrderedDict(a=1))  # a cache drops a model: everything is unfrozen
+            assert gc.get_freeze_count() == 0
+            reuse.clear_session(keep_traced=True)
+            assert later() is None
+            assert gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() == 0  # unfrozen on entry: leaving the block unfreezes
+        gc.freeze()
+        with reuse.frozen_heap():
+            reuse.SourceCache().clear()  # a cache cleared inside the block unfreezes too
+            assert gc.get_freeze_count() == 0
+        assert gc.get_freeze_count() > 0  # frozen on entry: frozen again on leaving
+        reuse._drop_oldest(collections.OrderedDict(a=1))  # outside the block, a cache leaves frozen objects alone
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.collect()
+        gc.freeze()
