@@ -131,12 +131,11 @@ def _nbytes(variables):
                for v in variables)
 
 
-class ModelCache:
-    """Recently used compiled models by `trace_key`, least recently used dropped first once there are more than
-    `max_entries` or their bytes (variables, optimizer variables and the saved copy of those) exceed
-    `max_bytes`; the newest is always kept."""
+class _BoundedCache:
+    """Entries `(..., nbytes)` by key, least recently used dropped first once there are more than `max_entries`
+    or their bytes exceed `max_bytes`; the newest is always kept."""
 
-    def __init__(self, max_entries=16, max_bytes=2 * 2**30):
+    def __init__(self, max_entries, max_bytes):
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._entries = collections.OrderedDict()
@@ -149,29 +148,47 @@ class ModelCache:
         self._entries.clear()
         _unfreeze()
 
-    def put(self, key, model):
-        """Keep `model`, compiled and with its training state built, untrained: the values of its optimizer
-        variables now are the ones `adopt` restores."""
-        nbytes = _nbytes(model.variables) + 2 * _nbytes(model.optimizer.variables)
-        self._entries[key] = (model, [np.array(keras.ops.convert_to_numpy(v)) for v in model.optimizer.variables],
-                              nbytes)
+    def nbytes(self):
+        """Bytes the kept entries hold (see the class docstring)."""
+        return sum(entry[-1] for entry in self._entries.values())
+
+    def _keep(self, key, *values, nbytes):
+        self._entries[key] = (*values, nbytes)
         self._entries.move_to_end(key)
         while len(self._entries) > 1 and (len(self._entries) > self.max_entries or self.nbytes() > self.max_bytes):
             _drop_oldest(self._entries)
 
-    def nbytes(self):
-        """Bytes the kept models hold (see the class docstring)."""
-        return sum(entry[2] for entry in self._entries.values())
-
-    def adopt(self, key, fresh):
-        """The cached model of `key` holding the values of `fresh`'s variables, with a fresh optimizer state and
-        reset metrics; None (a miss) when `key` is not cached."""
+    def _get(self, key):
+        """The entry of `key` (counted as a hit, now the most recently used), or None (counted as a miss)."""
         if key not in self._entries:
             self.misses += 1
             return None
         self.hits += 1
         self._entries.move_to_end(key)
-        model, optimizer_values, _ = self._entries[key]
+        return self._entries[key]
+
+
+class ModelCache(_BoundedCache):
+    """Recently used compiled models by `trace_key`, least recently used dropped first once there are more than
+    `max_entries` or their bytes (variables, optimizer variables and the saved copy of those) exceed
+    `max_bytes`; the newest is always kept."""
+
+    def __init__(self, max_entries=16, max_bytes=2 * 2**30):
+        super().__init__(max_entries, max_bytes)
+
+    def put(self, key, model):
+        """Keep `model`, compiled and with its training state built, untrained: the values of its optimizer
+        variables now are the ones `adopt` restores."""
+        self._keep(key, model, [np.array(keras.ops.convert_to_numpy(v)) for v in model.optimizer.variables],
+                   nbytes=_nbytes(model.variables) + 2 * _nbytes(model.optimizer.variables))
+
+    def adopt(self, key, fresh):
+        """The cached model of `key` holding the values of `fresh`'s variables, with a fresh optimizer state and
+        reset metrics; None (a miss) when `key` is not cached."""
+        entry = self._get(key)
+        if entry is None:
+            return None
+        model, optimizer_values, _ = entry
         for target, source in zip(model.variables, fresh.variables, strict=True):
             if target.path != source.path:  # the key covers the paths: this would be a bug here
                 raise RuntimeError(f"cached model variable {target.path} != fresh {source.path}")
@@ -183,41 +200,27 @@ class ModelCache:
         return model
 
 
-class SourceCache:
+class SourceCache(_BoundedCache):
     """Loaded transfer sources by (spec, sha256 of the file it loads, global dtype policy it was loaded under):
     `(model, info dict)`; least recently used dropped first beyond `max_entries` or `max_bytes` of variables (the
     newest is always kept). A source of unknown file hash (None) is never kept."""
 
     def __init__(self, max_entries=16, max_bytes=2**30):
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self._entries = collections.OrderedDict()
-        self.hits = self.misses = 0
-
-    def __len__(self):
-        return len(self._entries)
-
-    def clear(self):
-        self._entries.clear()
-        _unfreeze()
+        super().__init__(max_entries, max_bytes)
 
     def load(self, spec, sha256, loader):
         """`loader()`'s `(model, info)` for `spec`, from the cache when the file with `sha256` was loaded before;
         the info dict is a copy."""
-        key = (str(spec), sha256, keras.config.dtype_policy().name)
-        if sha256 is not None and key in self._entries:
-            self.hits += 1
-            self._entries.move_to_end(key)
-        else:
+        if sha256 is None:  # unknown content: loaded, never kept
             self.misses += 1
+            return loader()
+        key = (str(spec), sha256, keras.config.dtype_policy().name)
+        entry = self._get(key)
+        if entry is None:
             model, info = loader()
-            if sha256 is None:
-                return model, info
-            self._entries[key] = (model, info, _nbytes(model.variables))
-            while len(self._entries) > 1 and (len(self._entries) > self.max_entries or
-                                              sum(e[2] for e in self._entries.values()) > self.max_bytes):
-                _drop_oldest(self._entries)
-        model, info, _ = self._entries[key]
+            self._keep(key, model, info, nbytes=_nbytes(model.variables))
+            entry = self._entries[key]
+        model, info, _ = entry
         return model, json.loads(json.dumps(info))
 
 
